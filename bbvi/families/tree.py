@@ -1,0 +1,136 @@
+"""Functions over pytrees of families: a dict, tuple or list of families is itself a family.
+
+A pytree of families describes a product distribution over the matching pytree of latents;
+its parameters are the matching pytree of each family's parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from bbvi.families.base import Family, is_family
+
+
+def flatten(family) -> tuple[list[Family], Any]:
+    """The families at the leaves of a family pytree, with its structure; clear error otherwise."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(family, is_leaf=is_family)
+    if not leaves:
+        raise ValueError(f"a family must contain at least one bbvi family, got {family!r}")
+    for path, leaf in leaves:
+        if not is_family(leaf):
+            where = jax.tree_util.keystr(path) or "the family"
+            raise TypeError(
+                f"{where} is {leaf!r}, not a bbvi family: a family is a bbvi family "
+                "(MeanFieldGaussian, Bernoulli, ...) or a dict, tuple or list of them"
+            )
+    return [leaf for _, leaf in leaves], treedef
+
+
+def leaf_paths(family) -> list[str]:
+    """Readable names of the leaves, e.g. `['mu']`, `["['c']"]`, for error messages."""
+    paths = jax.tree_util.tree_flatten_with_path(family, is_leaf=is_family)[0]
+    return [jax.tree_util.keystr(path) or "<root>" for path, _ in paths]
+
+
+def split_params(family, params) -> list[Any]:
+    """Each leaf family's parameters, in `flatten` order; clear error on a structure mismatch."""
+    _, treedef = flatten(family)
+    try:
+        return treedef.flatten_up_to(params)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"parameters do not match the family's structure {treedef}: {err}") from None
+
+
+def init(family, key: jax.Array):
+    """Initial unconstrained parameters for a family or pytree of families.
+
+    Example:
+        >>> import jax, bbvi
+        >>> params = bbvi.init({"w": bbvi.MeanFieldGaussian((2,))}, jax.random.key(0))
+        >>> sorted(params["w"])
+        ['loc', 'log_scale']
+    """
+    leaves, treedef = flatten(family)
+    keys = jax.random.split(key, len(leaves))
+    return treedef.unflatten([leaf.init(k) for leaf, k in zip(leaves, keys)])
+
+
+def _draw(leaves, leaf_params, key):
+    keys = jax.random.split(key, len(leaves))
+    return [leaf.sample(p, k) for leaf, p, k in zip(leaves, leaf_params, keys)]
+
+
+def sample(family, params, key: jax.Array, sample_shape: tuple[int, ...] = ()):
+    """Draws from q: the latent pytree, each leaf with `sample_shape` in front of its event shape.
+
+    Example:
+        >>> import jax, bbvi
+        >>> family = {"a": bbvi.MeanFieldGaussian((2,)), "b": bbvi.Bernoulli((3,))}
+        >>> params = bbvi.init(family, jax.random.key(0))
+        >>> z = bbvi.sample(family, params, jax.random.key(1), (5,))
+        >>> z["a"].shape, z["b"].shape
+        ((5, 2), (5, 3))
+    """
+    leaves, treedef = flatten(family)
+    leaf_params = split_params(family, params)
+    sample_shape = tuple(sample_shape)
+    keys = jax.random.split(key, math.prod(sample_shape))
+    draws = jax.vmap(lambda k: _draw(leaves, leaf_params, k))(keys)
+    draws = [d.reshape(sample_shape + d.shape[1:]) for d in draws]
+    return treedef.unflatten(draws)
+
+
+def log_prob(family, params, z):
+    """log q(z): summed over the family's leaves; leading batch dimensions of `z` are kept."""
+    leaves, treedef = flatten(family)
+    leaf_params = split_params(family, params)
+    try:
+        z_leaves = treedef.flatten_up_to(z)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"latents do not match the family's structure {treedef}: {err}") from None
+    batch_shapes = {
+        tuple(jnp.shape(x)[: jnp.ndim(x) - len(leaf.event_shape)]) for leaf, x in zip(leaves, z_leaves)
+    }
+    if len(batch_shapes) != 1:
+        raise ValueError(f"latent leaves have different batch shapes {sorted(batch_shapes)}")
+    (batch_shape,) = batch_shapes
+
+    def single(z_leaves):
+        return sum(leaf.log_prob(p, x) for leaf, p, x in zip(leaves, leaf_params, z_leaves))
+
+    flat = [jnp.reshape(x, (-1,) + tuple(leaf.event_shape)) for leaf, x in zip(leaves, z_leaves)]
+    return jax.vmap(single)(flat).reshape(batch_shape)
+
+
+def entropy(family, params) -> jax.Array:
+    """Closed-form entropy of q (the sum over leaves); an error if a leaf has none."""
+    leaves, _ = flatten(family)
+    leaf_params = split_params(family, params)
+    missing = [path for path, leaf in zip(leaf_paths(family), leaves) if not leaf.has_entropy]
+    if missing:
+        raise ValueError(f"no closed-form entropy for the families at {missing}")
+    return sum(leaf.entropy(p) for leaf, p in zip(leaves, leaf_params))
+
+
+def unconstrained(family):
+    """`(base_leaves, transforms)`: each leaf's family in unconstrained space and its bijection."""
+    leaves, _ = flatten(family)
+    pairs = [leaf.unconstrained() for leaf in leaves]
+    return [base for base, _ in pairs], [t for _, t in pairs]
+
+
+def to_constrained(transforms, u_leaves):
+    """Push unconstrained draws onto their supports: `(z_leaves, log|det J|)`."""
+    z_leaves, log_det = [], 0.0
+    for t, u in zip(transforms, u_leaves):
+        if t is None:
+            z_leaves.append(u)
+        else:
+            z = t(u)
+            log_det = log_det + jnp.sum(t.log_abs_det_jacobian(u, z))
+            z_leaves.append(z)
+    return z_leaves, log_det
