@@ -63,17 +63,10 @@ class FitResult:
         return tree.sample(self.family, self.params, key, (n,))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Program:
-    value_and_grad: Callable  # jitted (params, key) -> (elbo, grad)
-    run_chunk: Callable  # jitted (params, opt_state, key, start, length) -> (params, opt_state, elbos)
-
-
-def _build(log_joint, family, estimator, num_samples, cv, optimizer, chunk) -> _Program:
-    value_and_grad = jax.jit(
-        elbo_value_and_grad(
-            log_joint, family, estimator=estimator, num_samples=num_samples, control_variate=cv
-        )
+def _build(log_joint, family, estimator, num_samples, cv, optimizer, chunk) -> Callable:
+    """The jitted chunk `(params, opt_state, key, start, length) -> (params, opt_state, elbos)`."""
+    value_and_grad = elbo_value_and_grad(
+        log_joint, family, estimator=estimator, num_samples=num_samples, control_variate=cv
     )
 
     def run_chunk(params, opt_state, key, start, length):
@@ -85,20 +78,27 @@ def _build(log_joint, family, estimator, num_samples, cv, optimizer, chunk) -> _
             return optax.apply_updates(params, updates), opt_state, elbos.at[i].set(elbo)
 
         elbos = jnp.full((chunk,), jnp.nan)
+        # A dynamic trip count: every chunk length, the first single step included, shares one program.
         return jax.lax.fori_loop(0, length, step, (params, opt_state, elbos))
 
-    return _Program(value_and_grad, jax.jit(run_chunk))
+    return jax.jit(run_chunk)
 
 
-_build_cached = functools.lru_cache(maxsize=32)(_build)
+@functools.lru_cache(maxsize=32)
+def _build_cached(log_joint, family_leaves, family_treedef, *options) -> Callable:
+    return _build(log_joint, family_treedef.unflatten(family_leaves), *options)
 
 
-def _program(*args) -> _Program:
-    """The compiled program for these settings, reused across fits (no retrace, no recompile)."""
+def _program(log_joint, family, *options) -> Callable:
+    """The compiled chunk for these settings, reused across fits (no retrace, no recompile).
+
+    A pytree of families (a dict, say) is not hashable itself; its leaves and structure are.
+    """
+    leaves, treedef = tree.flatten(family)
     try:
-        return _build_cached(*args)
+        return _build_cached(log_joint, tuple(leaves), treedef, *options)
     except TypeError:  # an unhashable log-joint (e.g. a callable object holding arrays)
-        return _build(*args)
+        return _build(log_joint, family, *options)
 
 
 def _chunk_length(num_steps: int) -> int:
@@ -205,7 +205,6 @@ def fit(
     tree.flatten(family)  # a clear error for anything that is not a family
 
     chunk = _chunk_length(num_steps)
-    program = _program(log_joint, family, estimator, num_samples, cv, optimizer, chunk)
 
     init_key, run_key = jax.random.split(key)
     if init_params is None:
@@ -216,55 +215,47 @@ def fit(
     opt_state = optimizer.init(params) if init_opt_state is None else init_opt_state
     opt_state = jax.tree.map(_strong, opt_state)
 
+    run_chunk = _program(log_joint, family, estimator, num_samples, cv, optimizer, chunk)
     traced = _is_traced(key, params, opt_state)
-    # Trace-time checks (shapes, structure) happen here, in the same trace the loop reuses.
-    elbo0, grad0 = program.value_and_grad(params, jax.random.fold_in(run_key, 0))
+    progress_bar = progress_bar and not traced
+    # The first step runs alone, so that a non-finite start is reported before the fit goes on; it
+    # shares the loop's compiled program and its work is kept. Shape and structure errors surface
+    # earlier still, when the program is traced.
+    params, opt_state, elbos = run_chunk(params, opt_state, run_key, 0, 1)
     if not traced:
-        _check_finite_start(elbo0, grad0)
-
-    return _run(
-        program,
-        params,
-        opt_state,
-        run_key,
-        num_steps,
-        chunk,
-        family,
-        progress_bar=progress_bar and not traced,
-    )
-
-
-def _check_finite_start(elbo, grad):
-    if not np.isfinite(elbo):
-        raise ValueError(
-            f"the ELBO at the initial parameters is {float(elbo)}: the log-joint is not finite where "
-            "q puts its mass; check its support (constrain positive or bounded latents with "
-            "bbvi.Constrained) or pass init_params"
-        )
-    bad = [
-        jax.tree_util.keystr(p)
-        for p, g in jax.tree_util.tree_flatten_with_path(grad)[0]
-        if not np.all(np.isfinite(g))
-    ]
-    if bad:
-        raise ValueError(f"the ELBO gradient at the initial parameters is not finite at {bad}")
-
-
-def _run(program, params, opt_state, key, num_steps, chunk, family, *, progress_bar):
-    starts = range(0, num_steps, chunk)
-    traces = []
+        _check_finite_start(elbos[0], params)
+    traces = [(elbos, 1)]
     with tqdm(total=num_steps, disable=not progress_bar, desc="fit", unit="step", dynamic_ncols=True) as bar:
-        for start in starts:
+        for start in range(1, num_steps, chunk):
             length = min(chunk, num_steps - start)
-            params, opt_state, elbos = program.run_chunk(params, opt_state, key, start, length)
+            params, opt_state, elbos = run_chunk(params, opt_state, run_key, start, length)
             # Report the previous chunk while this one runs: the device never waits for the host.
-            if progress_bar and traces:
+            if progress_bar:
                 _report(bar, *traces[-1])
             traces.append((elbos, length))
         if progress_bar:
             _report(bar, *traces[-1])
-    elbo = jnp.concatenate([e for e, _ in traces])[:num_steps]
+    elbo = jnp.concatenate([elbos[:length] for elbos, length in traces])
     return FitResult(params=params, opt_state=opt_state, elbo=elbo, family=family)
+
+
+def _check_finite_start(elbo, params):
+    if not np.isfinite(elbo):
+        raise ValueError(
+            f"the ELBO at the initial parameters is {float(elbo)}: the log-joint is not finite "
+            "where q puts its mass; check its support (constrain positive or bounded latents "
+            "with bbvi.Constrained) or pass init_params"
+        )
+    bad = [
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        if not np.all(np.isfinite(leaf))
+    ]
+    if bad:
+        raise ValueError(
+            f"the ELBO gradient at the initial parameters is not finite: the first step made "
+            f"params{bad[0]} non-finite (and {len(bad) - 1} more)"
+        )
 
 
 def _report(bar, elbos, length):
