@@ -1,0 +1,5 @@
+"""`python -m bbvi`: the demo."""
+
+from bbvi.demo import main
+
+main()
