@@ -29,10 +29,12 @@ def call_log_joint(log_joint: Callable, z) -> jax.Array:
     try:
         value = log_joint(z)
     except Exception as err:
-        raise type(err)(
-            f"log_joint failed on latents {_describe(z)} (the structure, dtypes and shapes the "
-            f"family draws; check that the family matches what the log-joint reads): {err}"
-        ).with_traceback(err.__traceback__) from err
+        # A note keeps the user's own exception, type and traceback, and says what it was given.
+        err.add_note(
+            f"bbvi: log_joint failed on latents {_describe(z)} (the structure, dtypes and shapes the "
+            "family draws); check that the family matches what the log-joint reads"
+        )
+        raise
     if jnp.shape(value) != ():
         raise ValueError(
             f"log_joint must return a scalar, but returned shape {jnp.shape(value)} for latents "
