@@ -105,6 +105,7 @@ def elbo_value_and_grad(
         return call_log_joint(log_joint, treedef.unflatten(z_leaves)) + log_det
 
     def draw_score_leaves(leaf_params, key):
+        """The score-function leaves' draws, held fixed: their gradients come from the score."""
         keys = jax.random.split(key, num_leaves)
         return [
             None if pw else stop(b.sample(stop(p), k))
@@ -114,10 +115,9 @@ def elbo_value_and_grad(
     def score_log_q(leaf_params, fixed):
         return sum(b.log_prob(p, x) for b, p, x, pw in zip(bases, leaf_params, fixed, pathwise) if not pw)
 
-    def particle(leaf_params, key):
+    def particle(leaf_params, key, fixed):
         """One sample's ELBO integrand (pathwise-differentiable) and its score-leaf log q."""
         keys = jax.random.split(key, num_leaves)
-        fixed = draw_score_leaves(leaf_params, key)
         u_leaves, neg_log_q = [], 0.0
         for b, p, k, x, pw, an in zip(bases, leaf_params, keys, fixed, pathwise, analytic):
             if pw:
@@ -129,8 +129,8 @@ def elbo_value_and_grad(
             u_leaves.append(x)
         return log_density(u_leaves) + neg_log_q, score_log_q(leaf_params, fixed)
 
-    def surrogate(leaf_params, keys):
-        values, log_q = jax.vmap(particle, in_axes=(None, 0))(leaf_params, keys)
+    def surrogate(leaf_params, keys, fixed):
+        values, log_q = jax.vmap(particle, in_axes=(None, 0, 0))(leaf_params, keys, fixed)
         entropy = sum(b.entropy(p) for b, p, an in zip(bases, leaf_params, analytic) if an)
         elbo = jnp.mean(values) + entropy
         objective = elbo
@@ -143,9 +143,10 @@ def elbo_value_and_grad(
     def value_and_grad(params, key):
         leaf_params = tree.split_params(family, params)
         keys = jax.random.split(key, num_samples)
-        (_, (elbo, values)), grads = jax.value_and_grad(surrogate, has_aux=True)(leaf_params, keys)
+        # Every sample is drawn once; score-function leaves outside the differentiated function.
+        fixed = jax.vmap(draw_score_leaves, in_axes=(None, 0))(leaf_params, keys)
+        (_, (elbo, values)), grads = jax.value_and_grad(surrogate, has_aux=True)(leaf_params, keys, fixed)
         if has_score and cv.needs_scores:
-            fixed = jax.vmap(draw_score_leaves, in_axes=(None, 0))(leaf_params, keys)
             scores = jax.vmap(jax.grad(score_log_q), in_axes=(None, 0))(leaf_params, fixed)
             grads = jax.tree.map(jnp.add, grads, cv.scaled(values, scores))
         return elbo, treedef.unflatten(grads)
