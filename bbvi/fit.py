@@ -259,7 +259,7 @@ def _check_finite_start(elbo, params):
 
 
 def _report(bar, elbos, length):
-    values = np.asarray(elbos[:length])
+    values = np.asarray(elbos)[:length]  # slice on the host: no device op per report
     finite = values[np.isfinite(values)]
     bar.update(length)
     bar.set_postfix(elbo=f"{finite.mean():.4g}" if finite.size else "nan", refresh=False)
