@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
+from tqdm import TqdmWarning
+
+with warnings.catch_warnings():
+    # In Jupyter without ipywidgets tqdm.auto warns and falls back to the text bar, which is fine.
+    warnings.simplefilter("ignore", TqdmWarning)
+    from tqdm.auto import tqdm
 
 from bbvi import control_variates
 from bbvi.estimators import choice
@@ -204,8 +210,6 @@ def fit(
     cv = control_variates.resolve(control_variate, num_samples)
     tree.flatten(family)  # a clear error for anything that is not a family
 
-    chunk = _chunk_length(num_steps)
-
     init_key, run_key = jax.random.split(key)
     if init_params is None:
         params = tree.init(family, init_key)
@@ -215,15 +219,20 @@ def fit(
     opt_state = optimizer.init(params) if init_opt_state is None else init_opt_state
     opt_state = jax.tree.map(_strong, opt_state)
 
+    if _is_traced(key, params, opt_state):
+        # Under jit / vmap there is no bar to feed and no value to check, and XLA would inline every
+        # chunk into the enclosing program: run one loop. The step keys make the result the same.
+        run_chunk = _program(log_joint, family, estimator, num_samples, cv, optimizer, num_steps)
+        params, opt_state, elbo = run_chunk(params, opt_state, run_key, 0, num_steps)
+        return FitResult(params=params, opt_state=opt_state, elbo=elbo, family=family)
+
+    chunk = _chunk_length(num_steps)
     run_chunk = _program(log_joint, family, estimator, num_samples, cv, optimizer, chunk)
-    traced = _is_traced(key, params, opt_state)
-    progress_bar = progress_bar and not traced
     # The first step runs alone, so that a non-finite start is reported before the fit goes on; it
     # shares the loop's compiled program and its work is kept. Shape and structure errors surface
     # earlier still, when the program is traced.
     params, opt_state, elbos = run_chunk(params, opt_state, run_key, 0, 1)
-    if not traced:
-        _check_finite_start(elbos[0], params)
+    _check_finite_start(elbos[0], params)
     traces = [(elbos, 1)]
     with tqdm(total=num_steps, disable=not progress_bar, desc="fit", unit="step", dynamic_ncols=True) as bar:
         for start in range(1, num_steps, chunk):
