@@ -37,6 +37,18 @@ def leave_one_out(values: jax.Array) -> jax.Array:
     return (jnp.sum(values) - values) / (n - 1)
 
 
+def _sum_of_others(x: jax.Array) -> jax.Array:
+    """`sum_{t != s} x_t` for each `s` (leading axis), from prefix and suffix sums.
+
+    Never forms `sum - x_s`: that subtraction's rounding depends on `x_s`, leaking the sample
+    into its own leave-one-out statistics (and losing the others entirely when `x_s` dominates).
+    """
+    zeros = jnp.zeros_like(x[:1])
+    before = jnp.concatenate([zeros, jnp.cumsum(x[:-1], axis=0)])
+    after = jnp.concatenate([jnp.cumsum(x[:0:-1], axis=0)[::-1], zeros])
+    return before + after
+
+
 def optimal_scaling(values: jax.Array, scores):
     """Per-coordinate optimally scaled score control variate (Ranganath, Gerrish and Blei 2014).
 
@@ -57,14 +69,16 @@ def optimal_scaling(values: jax.Array, scores):
     def coordinate_wise(h):
         f = values.reshape((n,) + (1,) * (h.ndim - 1))
         fh = f * h
-        others = n - 1
-        mean_fh = (jnp.sum(fh, 0) - fh) / others
-        mean_h = (jnp.sum(h, 0) - h) / others
-        mean_fhh = (jnp.sum(fh * h, 0) - fh * h) / others
-        mean_hh = (jnp.sum(h * h, 0) - h * h) / others
-        cov = mean_fhh - mean_fh * mean_h
+
+        def mean_of_others(x):
+            return _sum_of_others(x) / (n - 1)
+
+        mean_h, mean_fh, mean_hh = mean_of_others(h), mean_of_others(fh), mean_of_others(h * h)
+        cov = mean_of_others(fh * h) - mean_fh * mean_h
         var = mean_hh - mean_h**2
-        ok = var > jnp.finfo(var.dtype).tiny
+        # Others whose scores coincide (common for discrete leaves) have zero variance, which
+        # float arithmetic returns as rounding noise; below this relative floor, no coefficient.
+        ok = var > 1e3 * jnp.finfo(var.dtype).eps * mean_hh
         a = jnp.where(ok, cov / jnp.where(ok, var, 1.0), 0.0)
         return jnp.mean((f - a) * h, axis=0)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bbvi import control_variates
 from bbvi.estimators import choice
@@ -46,9 +47,9 @@ def call_log_joint(log_joint: Callable, z) -> jax.Array:
 
 
 def check_num_samples(num_samples) -> int:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    return num_samples
+    return int(num_samples)
 
 
 def elbo_value_and_grad(
