@@ -134,19 +134,10 @@ def _check_key(key):
     )
 
 
-def _check_init_params(family, params, key):
-    expected = jax.eval_shape(lambda: tree.init(family, key))
-    got_leaves, got_def = jax.tree.flatten(params)
-    want_leaves, want_def = jax.tree.flatten(expected)
-    if got_def != want_def:
-        raise ValueError(f"init_params have structure {got_def}, but the family needs {want_def}")
-    for (path, want), got in zip(jax.tree_util.tree_flatten_with_path(expected)[0], got_leaves):
-        if jnp.shape(got) != want.shape:
-            raise ValueError(
-                f"init_params{jax.tree_util.keystr(path)} has shape {jnp.shape(got)}, "
-                f"but the family needs {want.shape}"
-            )
-    return jax.tree.map(lambda x, w: jnp.asarray(x, dtype=w.dtype), params, expected)
+def _check_init_params(family, params):
+    """Parameters checked against the family (clear errors) and cast to its dtypes."""
+    tree.split_params(family, params)
+    return jax.tree.map(lambda x, spec: jnp.asarray(x, dtype=spec.dtype), params, tree.param_spec(family))
 
 
 def fit(
@@ -214,7 +205,7 @@ def fit(
     if init_params is None:
         params = tree.init(family, init_key)
     else:
-        params = _check_init_params(family, init_params, init_key)
+        params = _check_init_params(family, init_params)
     params = jax.tree.map(_strong, params)
     opt_state = optimizer.init(params) if init_opt_state is None else init_opt_state
     opt_state = jax.tree.map(_strong, opt_state)

@@ -9,6 +9,7 @@ Every method works on a single draw; vectorisation happens in one place
 from __future__ import annotations
 
 import abc
+import operator
 from typing import Any
 
 import jax
@@ -68,7 +69,7 @@ def check_shape(shape: Any, what: str) -> tuple[int, ...]:
     if isinstance(shape, int):
         shape = (shape,)
     try:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(operator.index(s) for s in shape)
     except TypeError:
         raise TypeError(f"{what}: shape must be a tuple of ints, got {shape!r}") from None
     if any(s < 0 for s in shape):

@@ -23,7 +23,7 @@ def _constraint_key(support: Constraint):
     """A hashable identity for a numpyro constraint (they define `__eq__` but not `__hash__`)."""
     leaves, treedef = jax.tree_util.tree_flatten(support)
     try:
-        values = tuple(np.asarray(leaf).tolist() for leaf in leaves)
+        values = tuple(np.asarray(leaf, dtype=np.float64).tolist() for leaf in leaves)
     except jax.errors.TracerArrayConversionError:
         raise TypeError("Constrained: the support's parameters must be concrete, not traced") from None
     return str(treedef), repr(values)
@@ -60,7 +60,15 @@ class Constrained(Family):
         if not isinstance(self.support, Constraint):
             raise TypeError(f"Constrained: support must be a numpyro constraint, got {self.support!r}")
         try:
-            self.transform.forward_shape(self.base.event_shape)
+            transform = biject_to(self.support)
+        except NotImplementedError:
+            raise ValueError(
+                f"Constrained: numpyro has no bijection (biject_to) onto {self.support}"
+            ) from None
+        try:
+            if len(self.base.event_shape) < transform.domain.event_dim:
+                raise ValueError(f"it needs at least {transform.domain.event_dim} dimension(s)")
+            transform.forward_shape(self.base.event_shape)
         except (ValueError, IndexError) as err:
             raise ValueError(
                 f"Constrained: a base of shape {self.base.event_shape} does not fit the support "

@@ -60,7 +60,7 @@ class MeanFieldGaussian(DistributionFamily):
     def init(self, key):
         return {
             "loc": _init_loc(key, self.shape, self.init_radius),
-            "log_scale": jnp.full(self.shape, math.log(self.init_scale)),
+            "log_scale": jnp.full(self.shape, math.log(self.init_scale), dtype=jnp.result_type(float)),
         }
 
     def distribution(self, params):

@@ -6,6 +6,7 @@ its parameters are the matching pytree of each family's parameters.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -36,13 +37,34 @@ def leaf_paths(family) -> list[str]:
     return [jax.tree_util.keystr(path) or "<root>" for path, _ in paths]
 
 
+@functools.cache
+def _param_spec(leaf: Family):
+    """Shapes and dtypes of a leaf family's parameters (what its `init` returns), traced once per family."""
+    return jax.eval_shape(leaf.init, jax.random.key(0))
+
+
+def param_spec(family):
+    """The `jax.ShapeDtypeStruct` pytree of a family's parameters, without computing any."""
+    leaves, treedef = flatten(family)
+    return treedef.unflatten([_param_spec(leaf) for leaf in leaves])
+
+
 def split_params(family, params) -> list[Any]:
-    """Each leaf family's parameters, in `flatten` order; clear error on a structure mismatch."""
-    _, treedef = flatten(family)
+    """Each leaf family's parameters, in `flatten` order; clear error on a structure or shape mismatch."""
+    leaves, treedef = flatten(family)
     try:
-        return treedef.flatten_up_to(params)
+        leaf_params = treedef.flatten_up_to(params)
     except (ValueError, TypeError) as err:
         raise ValueError(f"parameters do not match the family's structure {treedef}: {err}") from None
+    for path, leaf, p in zip(leaf_paths(family), leaves, leaf_params):
+        spec = _param_spec(leaf)
+        expected = jax.tree.map(jnp.shape, spec)
+        if jax.tree.structure(p) != jax.tree.structure(spec) or jax.tree.map(jnp.shape, p) != expected:
+            raise ValueError(
+                f"parameters at {path} do not match {type(leaf).__name__}: expected shapes {expected}, "
+                f"got {jax.tree.map(jnp.shape, p)}"
+            )
+    return leaf_params
 
 
 def init(family, key: jax.Array):
@@ -92,6 +114,12 @@ def log_prob(family, params, z):
         z_leaves = treedef.flatten_up_to(z)
     except (ValueError, TypeError) as err:
         raise ValueError(f"latents do not match the family's structure {treedef}: {err}") from None
+    for path, leaf, x in zip(leaf_paths(family), leaves, z_leaves):
+        event, shape = tuple(leaf.event_shape), tuple(jnp.shape(x))
+        if len(shape) < len(event) or shape[len(shape) - len(event) :] != event:
+            raise ValueError(
+                f"latents at {path} have shape {shape}, which does not end in the event shape {event}"
+            )
     batch_shapes = {
         tuple(jnp.shape(x)[: jnp.ndim(x) - len(leaf.event_shape)]) for leaf, x in zip(leaves, z_leaves)
     }
