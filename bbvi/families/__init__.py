@@ -3,7 +3,7 @@
 from bbvi.families.base import DistributionFamily, Family, is_family
 from bbvi.families.constrained import Constrained
 from bbvi.families.discrete import Bernoulli, Categorical
-from bbvi.families.gaussian import FullRankGaussian, MeanFieldGaussian
+from bbvi.families.gaussian import FullRankGaussian, LowRankGaussian, MeanFieldGaussian
 from bbvi.families.tree import entropy, init, log_prob, sample
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "DistributionFamily",
     "Family",
     "FullRankGaussian",
+    "LowRankGaussian",
     "MeanFieldGaussian",
     "entropy",
     "init",

@@ -32,6 +32,10 @@ def gaussian_loc_and_tril(family, params):
         return params["loc"].ravel(), jnp.diag(jnp.exp(params["log_scale"]).ravel())
     if isinstance(family, bbvi.FullRankGaussian):
         return params["loc"], bbvi.FullRankGaussian.scale_tril(params)
+    if isinstance(family, bbvi.LowRankGaussian):
+        factor = params["cov_factor"]
+        cov = factor @ factor.T + jnp.diag(jnp.exp(2 * params["log_diag_scale"]))
+        return params["loc"], jnp.linalg.cholesky(cov)
     raise TypeError(f"not a Gaussian family: {family!r}")
 
 

@@ -82,6 +82,12 @@ def gaussian_params(family, seed: int):
             "loc": jnp.asarray(rng.normal(size=family.shape), jnp.float32),
             "log_scale": jnp.asarray(np.log(0.7) + 0.3 * rng.normal(size=family.shape), jnp.float32),
         }
+    if isinstance(family, bbvi.LowRankGaussian):
+        return {
+            "loc": jnp.asarray(rng.normal(size=family.dim), jnp.float32),
+            "cov_factor": jnp.asarray(0.4 * rng.normal(size=(family.dim, family.rank)), jnp.float32),
+            "log_diag_scale": jnp.asarray(np.log(0.6) + 0.3 * rng.normal(size=family.dim), jnp.float32),
+        }
     d = family.dim
     tril = np.diag(0.7 * np.exp(0.3 * rng.normal(size=d))) + np.tril(0.3 * rng.normal(size=(d, d)), -1)
     unconstrained = biject_to(constraints.lower_cholesky).inv(jnp.asarray(tril, jnp.float32))
@@ -94,7 +100,7 @@ def discrete_params(family, seed: int):
 
 def _continuous_cases():
     target = GaussianTarget.random(seed=0, dim=3)
-    mf, fr = bbvi.MeanFieldGaussian((3,)), bbvi.FullRankGaussian(3)
+    mf, fr, lr = bbvi.MeanFieldGaussian((3,)), bbvi.FullRankGaussian(3), bbvi.LowRankGaussian(3, 2)
     specs = [
         ("reparam-analytic-mf", mf, bbvi.Estimator("reparam", "analytic"), "auto", 4),
         ("reparam-stl-mf", mf, bbvi.Estimator("reparam", "stl"), "auto", 4),
@@ -102,6 +108,8 @@ def _continuous_cases():
         ("reparam-analytic-fullrank", fr, bbvi.Estimator("reparam", "analytic"), "auto", 4),
         ("reparam-mc-fullrank", fr, bbvi.Estimator("reparam", "mc"), "auto", 4),
         ("reparam-stl-fullrank", fr, bbvi.Estimator("reparam", "stl"), "auto", 4),
+        ("reparam-analytic-lowrank", lr, bbvi.Estimator("reparam", "analytic"), "auto", 4),
+        ("reparam-stl-lowrank", lr, bbvi.Estimator("reparam", "stl"), "auto", 4),
         ("score-none-mf", mf, "score", None, 4),
         ("score-loo-mf", mf, "score", "loo", 4),
         ("score-optimal-mf", mf, "score", "optimal", 8),

@@ -178,6 +178,11 @@ def gaussian_loc_and_tril(family, params) -> tuple[np.ndarray, np.ndarray]:
         tril[np.tril_indices(d, -1)] = vec[: d * (d - 1) // 2]
         tril[np.diag_indices(d)] = np.exp(vec[d * (d - 1) // 2 :])
         return _f64(params["loc"]), tril
+    if isinstance(family, bbvi.LowRankGaussian):
+        # The documented covariance W W^T + diag(exp(log_diag_scale))^2, factorised here in float64.
+        factor = _f64(params["cov_factor"])
+        cov = factor @ factor.T + np.diag(np.exp(2 * _f64(params["log_diag_scale"])))
+        return _f64(params["loc"]), np.linalg.cholesky(cov)
     raise NotImplementedError(f"{type(family).__name__} is not a Gaussian family")
 
 
@@ -196,6 +201,7 @@ def _(family: bbvi.FullRankGaussian):
 
 @draw_dtype.register(bbvi.MeanFieldGaussian)
 @draw_dtype.register(bbvi.FullRankGaussian)
+@draw_dtype.register(bbvi.LowRankGaussian)
 @draw_dtype.register(bbvi.Constrained)
 def _(family):
     return jnp.dtype(jnp.float32)
@@ -245,6 +251,16 @@ def _(family: bbvi.MeanFieldGaussian, params, num: int = 20_001):
     scale = tril[0, 0]
     # +-12 sd leaves out < 1e-32 of the mass.
     return np.linspace(loc - 12 * scale, loc + 12 * scale, num).reshape((num,) + family.shape)
+
+
+@param_shapes.register
+def _(family: bbvi.LowRankGaussian):
+    return {"loc": (family.dim,), "cov_factor": (family.dim, family.rank), "log_diag_scale": (family.dim,)}
+
+
+# The dense-Gaussian oracles read only the mean and the Cholesky factor, so they serve low rank too.
+reference_log_prob.register(bbvi.LowRankGaussian, reference_log_prob.dispatch(bbvi.FullRankGaussian))
+reference_statistics.register(bbvi.LowRankGaussian, reference_statistics.dispatch(bbvi.FullRankGaussian))
 
 
 # Discrete -------------------------------------------------------------------------------------------

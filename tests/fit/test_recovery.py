@@ -179,3 +179,28 @@ def test_auto_fits_gaussian_mixture_with_discrete_assignments():
         post_mean, post_sd = members.sum() / 0.25 / precision, precision**-0.5
         fitted = np.asarray(result.params["mu"]["loc"])[order[k]]
         assert abs(fitted - post_mean) < 0.1 * post_sd + 4 * post_sd / np.sqrt(8 * 500)
+
+
+def test_low_rank_recovers_a_diagonal_plus_rank_one_posterior():
+    """A rank-1 family can represent this posterior exactly, so the fit must find its covariance."""
+    rng = np.random.default_rng(3)
+    dim = 5
+    factor = rng.normal(size=(dim, 1))
+    cov = factor @ factor.T + np.diag(rng.uniform(0.2, 0.6, dim) ** 2)
+    mean = rng.normal(size=dim)
+    target = dist.MultivariateNormal(jnp.asarray(mean, jnp.float32), jnp.asarray(cov, jnp.float32))
+    result = bbvi.fit(
+        target.log_prob,
+        bbvi.LowRankGaussian(dim, 1),
+        key=jax.random.key(4),
+        num_steps=3000,
+        optimizer=decaying_adam(3000),
+        estimator=bbvi.Estimator("reparam", entropy="stl"),
+        progress_bar=False,
+    )
+    w = np.asarray(result.params["cov_factor"])
+    fitted = w @ w.T + np.diag(np.exp(2 * np.asarray(result.params["log_diag_scale"])))
+    sd = np.sqrt(np.diag(cov))
+    assert np.abs(cov - np.diag(np.diag(cov))).max() > 0.3, "the test needs real correlations"
+    np.testing.assert_array_less(np.abs(np.asarray(result.params["loc"]) - mean), 0.05 * sd)
+    np.testing.assert_allclose(fitted / np.outer(sd, sd), cov / np.outer(sd, sd), atol=0.05)
