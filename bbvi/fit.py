@@ -101,10 +101,12 @@ def _program(log_joint, family, *options) -> Callable:
     A pytree of families (a dict, say) is not hashable itself; its leaves and structure are.
     """
     leaves, treedef = tree.flatten(family)
+    key = (log_joint, tuple(leaves), treedef, *options)
     try:
-        return _build_cached(log_joint, tuple(leaves), treedef, *options)
-    except TypeError:  # an unhashable log-joint (e.g. a callable object holding arrays)
+        hash(key)
+    except TypeError:  # an unhashable log-joint (e.g. a callable object holding arrays): no cache
         return _build(log_joint, family, *options)
+    return _build_cached(*key)
 
 
 def _chunk_length(num_steps: int) -> int:

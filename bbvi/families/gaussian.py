@@ -27,6 +27,22 @@ def _init_loc(key, shape, radius):
     return jax.random.uniform(key, shape, minval=-radius, maxval=radius)
 
 
+def _init_log_scale(shape, init_scale):
+    # A strongly typed float array: a weak type would change after the first optimiser update
+    # and make a jitted step compile twice.
+    return jnp.full(shape, math.log(init_scale), dtype=jnp.result_type(float))
+
+
+def _check_dim(family, dim):
+    if not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"{family}: dim must be a positive int, got {dim!r}")
+
+
+def _check_init_scale(family, init_scale):
+    if not init_scale > 0:
+        raise ValueError(f"{family}: init_scale must be positive, got {init_scale}")
+
+
 @dataclasses.dataclass(frozen=True)
 class MeanFieldGaussian(DistributionFamily):
     """Independent Normals over an array of latents: q(z) = prod_i N(z_i; loc_i, scale_i^2).
@@ -50,8 +66,7 @@ class MeanFieldGaussian(DistributionFamily):
 
     def __post_init__(self):
         object.__setattr__(self, "shape", check_shape(self.shape, "MeanFieldGaussian"))
-        if not self.init_scale > 0:
-            raise ValueError(f"MeanFieldGaussian: init_scale must be positive, got {self.init_scale}")
+        _check_init_scale("MeanFieldGaussian", self.init_scale)
 
     @property
     def event_shape(self):
@@ -60,7 +75,7 @@ class MeanFieldGaussian(DistributionFamily):
     def init(self, key):
         return {
             "loc": _init_loc(key, self.shape, self.init_radius),
-            "log_scale": jnp.full(self.shape, math.log(self.init_scale), dtype=jnp.result_type(float)),
+            "log_scale": _init_log_scale(self.shape, self.init_scale),
         }
 
     def distribution(self, params):
@@ -85,10 +100,8 @@ class FullRankGaussian(DistributionFamily):
     has_entropy = True
 
     def __post_init__(self):
-        if not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"FullRankGaussian: dim must be a positive int, got {self.dim!r}")
-        if not self.init_scale > 0:
-            raise ValueError(f"FullRankGaussian: init_scale must be positive, got {self.init_scale}")
+        _check_dim("FullRankGaussian", self.dim)
+        _check_init_scale("FullRankGaussian", self.init_scale)
 
     @property
     def event_shape(self):
@@ -129,12 +142,10 @@ class LowRankGaussian(DistributionFamily):
     has_entropy = True
 
     def __post_init__(self):
-        if not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"LowRankGaussian: dim must be a positive int, got {self.dim!r}")
+        _check_dim("LowRankGaussian", self.dim)
         if not isinstance(self.rank, int) or not 1 <= self.rank <= self.dim:
             raise ValueError(f"LowRankGaussian: rank must be an int in [1, dim], got {self.rank!r}")
-        if not self.init_scale > 0:
-            raise ValueError(f"LowRankGaussian: init_scale must be positive, got {self.init_scale}")
+        _check_init_scale("LowRankGaussian", self.init_scale)
 
     @property
     def event_shape(self):
@@ -145,7 +156,7 @@ class LowRankGaussian(DistributionFamily):
         return {
             "loc": _init_loc(key_loc, (self.dim,), self.init_radius),
             "cov_factor": 0.1 * self.init_scale * jax.random.normal(key_factor, (self.dim, self.rank)),
-            "log_diag_scale": jnp.full((self.dim,), math.log(self.init_scale), dtype=jnp.result_type(float)),
+            "log_diag_scale": _init_log_scale((self.dim,), self.init_scale),
         }
 
     def distribution(self, params):

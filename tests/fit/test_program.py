@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from numpyro.distributions import constraints
 
 import bbvi
@@ -138,3 +139,15 @@ def test_fit_result_samples_on_the_supports():
     # The optimum of this product target is known: w ~ N(1, 1) exactly, so the mean is within MC error.
     assert np.all(np.abs(np.asarray(draws["w"]).mean(0) - 1.0) < 0.3)
     assert np.isfinite(result.elbo).all()
+
+
+def test_an_unhashable_log_joint_still_fits():
+    class Unhashable(CountingLogJoint):
+        __hash__ = None  # e.g. a callable object holding arrays: it cannot key the compile cache
+
+    log_joint = Unhashable()
+    with pytest.raises(TypeError):
+        hash(log_joint)
+    result = run(log_joint, num_steps=100)
+    assert result.elbo.shape == (100,) and np.isfinite(result.elbo).all()
+    assert_same(result, run(CountingLogJoint(), num_steps=100))
