@@ -13,6 +13,7 @@ import operator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 Params = Any  # a pytree of unconstrained arrays
 Latent = Any  # one draw of the latent variables
@@ -29,6 +30,11 @@ class Family(abc.ABC):
     reparameterized: bool = False
     #: Whether `entropy` is available in closed form.
     has_entropy: bool = False
+    #: For a mean-field family, the number of leading event dimensions that index independent
+    #: factors (`factor_log_prob` returns one value per factor); `None` where q does not factorise.
+    factor_dims: int | None = None
+    #: Whether q depends on data (an amortised family): then `condition` must be called first.
+    needs_data: bool = False
 
     @property
     @abc.abstractmethod
@@ -50,6 +56,33 @@ class Family(abc.ABC):
     def entropy(self, params: Params) -> jax.Array:
         """Closed-form entropy of q; only where `has_entropy` is true."""
         raise NotImplementedError(f"{type(self).__name__} has no closed-form entropy")
+
+    def sample_and_log_prob(self, params: Params, key: jax.Array) -> tuple[Latent, jax.Array]:
+        """One draw and its log q, together: families that can (flows) reuse the forward pass."""
+        z = self.sample(params, key)
+        return z, self.log_prob(params, z)
+
+    def stratified_sample(self, params: Params, key: jax.Array) -> tuple[Latent, jax.Array]:
+        """Points `z_j` (a leading axis) and log-weights `log w_j` (summing to one in probability).
+
+        `sum_j w_j f(z_j)` is an unbiased estimate of `E_q[f]`; the estimators average over these
+        points. A mixture returns one draw per component, weighted by the mixture weights, so its
+        gradient is exact in the weights and pathwise inside each component. Default: one draw.
+        """
+        z = self.sample(params, key)
+        return jax.tree.map(lambda x: x[None], z), jnp.zeros((1,))
+
+    def factor_log_prob(self, params: Params, z: Latent) -> jax.Array:
+        """log q of each independent factor, shape `event_shape[:factor_dims]` (mean-field families)."""
+        raise NotImplementedError(f"{type(self).__name__} does not factorise (factor_dims is None)")
+
+    def condition(self, params: Params, data: Any) -> tuple[Family, Params]:
+        """The family and parameters of q given a batch of data (amortised families).
+
+        Estimators call this first; an amortised family returns a data-free family (e.g. a
+        batch of base families) and its parameters computed from the data. Default: unchanged.
+        """
+        return self, params
 
     def unconstrained(self) -> tuple[Family, Any]:
         """The family in the space where its draws are unconstrained, and the bijection out of it.
@@ -96,3 +129,12 @@ class DistributionFamily(Family):
 
     def entropy(self, params):
         return self.distribution(params).entropy()
+
+    def factor_log_prob(self, params, z):
+        if self.factor_dims is None:
+            return super().factor_log_prob(params, z)
+        d = self.distribution(params)
+        # numpyro's Independent wraps the elementwise distribution; sum what lies below the factors.
+        elementwise = d.base_dist.log_prob(z) if hasattr(d, "base_dist") else d.log_prob(z)
+        extra = elementwise.ndim - self.factor_dims
+        return jnp.sum(elementwise, axis=tuple(range(self.factor_dims, self.factor_dims + extra)))

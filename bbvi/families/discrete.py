@@ -29,6 +29,10 @@ class Bernoulli(DistributionFamily):
     def event_shape(self):
         return self.shape
 
+    @property
+    def factor_dims(self):
+        return len(self.shape)  # every element is an independent factor
+
     def init(self, key):
         return {"logits": jnp.zeros(self.shape)}
 
@@ -58,6 +62,10 @@ class Categorical(DistributionFamily):
     @property
     def event_shape(self):
         return self.shape
+
+    @property
+    def factor_dims(self):
+        return len(self.shape)  # every element is an independent factor
 
     def init(self, key):
         return {"logits": jnp.zeros(self.shape + (self.num_categories,))}

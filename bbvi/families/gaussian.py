@@ -72,6 +72,10 @@ class MeanFieldGaussian(DistributionFamily):
     def event_shape(self):
         return self.shape
 
+    @property
+    def factor_dims(self):
+        return len(self.shape)  # every element is an independent factor
+
     def init(self, key):
         return {
             "loc": _init_loc(key, self.shape, self.init_radius),

@@ -13,9 +13,15 @@ skipped silently.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
 import itertools
 import math
+import pathlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +34,28 @@ from scipy.special import expit, log_expit, log_softmax, logit, softmax
 
 import bbvi
 from bbvi.families import is_family
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One entry of the family registry."""
+
+    id: str
+    make: Callable[[], Any]  # builds the family afresh: two calls must give equal families
+    # Absolute tolerance on float32 log-densities against the float64 reference. The default covers
+    # a handful of O(10) terms; numpyro's low-rank density goes through the Woodbury identity (a
+    # capacitance Cholesky and two triangular solves), whose float32 rounding reaches ~5e-4.
+    log_prob_atol: float = 1e-4
+
+
+def extra_cases() -> list[Case]:
+    """The `CASES` of every `cases_*.py` module in this package (importing them registers their oracles)."""
+    found = []
+    for info in sorted(pkgutil.iter_modules([str(pathlib.Path(__file__).parent)])):
+        if info.name.startswith("cases_"):
+            found += importlib.import_module(f"{__package__}.{info.name}").CASES
+    return found
+
 
 # --------------------------------------------------------------------------------------------------
 # Family pytrees, seen from outside bbvi (the tests must not reuse the code they test).

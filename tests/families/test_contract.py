@@ -29,9 +29,11 @@ import bbvi
 from bbvi.families import is_family
 
 from ._helpers import (
+    Case,
     assert_mc_close,
     batched_init,
     draw_dtype,
+    extra_cases,
     family_leaves,
     fast_jit,
     gaussian_loc_and_tril,
@@ -49,16 +51,6 @@ from ._helpers import (
 
 MFG = bbvi.MeanFieldGaussian
 Constrained = bbvi.Constrained
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    id: str
-    make: Callable[[], Any]  # builds the family afresh: two calls must give equal families
-    # Absolute tolerance on float32 log-densities against the float64 reference. The default covers
-    # a handful of O(10) terms; numpyro's low-rank density goes through the Woodbury identity (a
-    # capacitance Cholesky and two triangular solves), whose float32 rounding reaches ~5e-4.
-    log_prob_atol: float = 1e-4
 
 
 # fmt: off
@@ -84,6 +76,8 @@ CASES = [
     }),
 ]
 # fmt: on
+# Each `cases_*.py` module beside this one adds its families' cases (and registers their oracles).
+CASES += extra_cases()
 
 NUM_DRAWS = 20_000
 BATCH = 3  # extra parameter sets for the vmap-over-params checks
