@@ -4,27 +4,38 @@ Bring a log-density `log_joint(z) -> scalar` and a variational family; get pure,
 vmap-compatible ELBO gradient estimators and a compiled `fit` driven by any optax optimiser.
 """
 
-from bbvi.control_variates import ControlVariate
-from bbvi.estimators import Estimator, elbo_value_and_grad
+from bbvi.control_variates import ControlVariate, MovingAverage
+from bbvi.estimators import Estimator, GradientEstimator, elbo_value_and_grad, gradient_estimator
 from bbvi.families import (
+    Amortized,
+    Batched,
     Bernoulli,
     Categorical,
     Constrained,
     DistributionFamily,
     Family,
     FullRankGaussian,
+    GaussianMixture,
     LowRankGaussian,
+    MarkovChains,
     MeanFieldGaussian,
+    OneHotCategorical,
     entropy,
     init,
     log_prob,
     sample,
 )
 from bbvi.fit import FitResult, fit
+from bbvi.objectives import ELBO, IWAE, Objective, Renyi
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Amortized",
+    "Batched",
+    "MarkovChains",
+    "ELBO",
+    "IWAE",
     "Bernoulli",
     "Categorical",
     "Constrained",
@@ -34,9 +45,16 @@ __all__ = [
     "Family",
     "FitResult",
     "FullRankGaussian",
+    "GaussianMixture",
+    "GradientEstimator",
     "LowRankGaussian",
     "MeanFieldGaussian",
+    "MovingAverage",
+    "Objective",
+    "OneHotCategorical",
+    "Renyi",
     "elbo_value_and_grad",
+    "gradient_estimator",
     "entropy",
     "fit",
     "init",

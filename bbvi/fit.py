@@ -26,9 +26,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", TqdmWarning)
     from tqdm.auto import tqdm
 
-from bbvi import control_variates
+from bbvi import control_variates, objectives
 from bbvi.estimators import choice
-from bbvi.estimators.elbo import check_num_samples, elbo_value_and_grad
+from bbvi.estimators.elbo import check_num_samples, gradient_estimator
 from bbvi.families import tree
 
 #: Adam with step size 1e-2: robust across scales since it normalises gradient magnitudes.
@@ -44,7 +44,7 @@ _MIN_CHUNK = 64
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["params", "opt_state", "elbo"],
+    data_fields=["params", "opt_state", "elbo", "estimator_state"],
     meta_fields=["family"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -55,39 +55,87 @@ class FitResult:
         params: the fitted variational parameters (unconstrained), a pytree matching the family.
         opt_state: the optimiser state, to continue the fit (`fit(..., init_params=r.params,
             init_opt_state=r.opt_state)`).
-        elbo: the per-step Monte Carlo ELBO estimates, shape `(num_steps,)`.
+        elbo: the per-step Monte Carlo estimates of the objective (the ELBO unless another was
+            chosen), shape `(num_steps,)`.
         family: the variational family (static).
+        estimator_state: the control variate's state (empty unless it keeps one), to continue.
     """
 
     params: Any
     opt_state: Any
     elbo: jax.Array
     family: Any
+    estimator_state: Any = ()
 
-    def sample(self, key: jax.Array, n: int):
-        """`n` draws from the fitted q: the latent pytree with a leading axis `n`, on the supports."""
-        return tree.sample(self.family, self.params, key, (n,))
+    def sample(self, key: jax.Array, n: int, data=None):
+        """`n` draws from the fitted q: the latent pytree with a leading axis `n`, on the supports.
+
+        An amortised family needs the `data` (a batch) it conditions on.
+        """
+        return tree.sample(self.family, self.params, key, (n,), data=data)
 
 
-def _build(log_joint, family, estimator, num_samples, cv, optimizer, chunk) -> Callable:
-    """The jitted chunk `(params, opt_state, key, start, length) -> (params, opt_state, elbos)`."""
-    value_and_grad = elbo_value_and_grad(
-        log_joint, family, estimator=estimator, num_samples=num_samples, control_variate=cv
-    )
+def _build(log_joint, family, estimator, objective, num_samples, cv, prior, optimizer, batch_size, chunk):
+    """The jitted chunk `(params, opt_state, cv_state, key, start, length, data) -> (..., elbos)`."""
+    estimate = gradient_estimator(
+        log_joint,
+        family,
+        estimator=estimator,
+        objective=objective,
+        num_samples=num_samples,
+        control_variate=cv,
+        prior=prior,
+    ).estimate
 
-    def run_chunk(params, opt_state, key, start, length):
+    def run_chunk(params, opt_state, cv_state, key, start, length, data):
         def step(i, carry):
-            params, opt_state, elbos = carry
-            elbo, grad = value_and_grad(params, jax.random.fold_in(key, start + i))
+            params, opt_state, cv_state, elbos = carry
+            step_key = jax.random.fold_in(key, start + i)
+            batch = data
+            if batch_size is not None:
+                step_key, batch_key = jax.random.split(step_key)
+                batch = _minibatch(data, batch_key, batch_size)
+            elbo, grad, cv_state = estimate(params, cv_state, step_key, batch)
             descent = jax.tree.map(jnp.negative, grad)
             updates, opt_state = optimizer.update(descent, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, elbos.at[i].set(elbo)
+            return optax.apply_updates(params, updates), opt_state, cv_state, elbos.at[i].set(elbo)
 
         elbos = jnp.full((chunk,), jnp.nan)
         # A dynamic trip count: every chunk length, the first single step included, shares one program.
-        return jax.lax.fori_loop(0, length, step, (params, opt_state, elbos))
+        return jax.lax.fori_loop(0, length, step, (params, opt_state, cv_state, elbos))
 
     return jax.jit(run_chunk)
+
+
+def _minibatch(data, key, batch_size):
+    """`batch_size` rows drawn without replacement, on device, from every leaf of `data`."""
+    num_rows = jax.tree.leaves(data)[0].shape[0]
+    rows = jax.random.choice(key, num_rows, (batch_size,), replace=False)
+    return jax.tree.map(lambda x: x[rows], data)
+
+
+def _check_data(data, batch_size):
+    if data is None:
+        if batch_size is not None:
+            raise ValueError("batch_size needs data to draw minibatches from")
+        return None, None
+    data = jax.tree.map(jnp.asarray, data)
+    rows = {x.shape[0] if x.ndim else None for x in jax.tree.leaves(data)}
+    if not rows or None in rows or len(rows) != 1:
+        raise ValueError(
+            f"data must be a pytree of arrays sharing a leading axis of data points, got shapes "
+            f"{jax.tree.map(jnp.shape, data)}"
+        )
+    if batch_size is not None:
+        (num_rows,) = rows
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            raise TypeError(f"batch_size must be an int, got {batch_size!r}")
+        if not 1 <= batch_size <= num_rows:
+            raise ValueError(
+                f"batch_size must be in [1, {num_rows}] (the number of data points), got {batch_size}"
+            )
+        batch_size = int(batch_size)
+    return data, batch_size
 
 
 @functools.lru_cache(maxsize=32)
@@ -150,10 +198,15 @@ def fit(
     num_steps: int,
     optimizer: optax.GradientTransformation | None = None,
     estimator: str | choice.Estimator = "auto",
+    objective: str | objectives.Objective = "elbo",
     num_samples: int = DEFAULT_NUM_SAMPLES,
     control_variate="auto",
+    prior=None,
+    data=None,
+    batch_size: int | None = None,
     init_params=None,
     init_opt_state=None,
+    init_estimator_state=None,
     progress_bar: bool = True,
 ) -> FitResult:
     """Fit a variational family to an unnormalised log-density by stochastic ELBO ascent.
@@ -167,11 +220,21 @@ def fit(
         optimizer: any optax `GradientTransformation`; default Adam with step size 1e-2.
             It is handed the negated ELBO gradient (optax minimises).
         estimator: `"auto"` (pathwise for reparameterisable leaves, score function for the
-            others), `"reparam"`, `"score"`, or a `bbvi.Estimator`.
+            others), `"reparam"`, `"score"`, `"relaxed"`, or a `bbvi.Estimator`.
+        objective: `"elbo"`, `"iwae"` or a `bbvi.Renyi(alpha)`; `result.elbo` traces it.
         num_samples: Monte Carlo samples per gradient estimate.
-        control_variate: for score-function leaves: `"auto"`, `"loo"`, `"optimal"` or `None`.
+        control_variate: for score-function leaves: `"auto"`, `"loo"`, `"optimal"`,
+            `"rao_blackwell"`, `bbvi.MovingAverage(decay)` or `None`.
+        prior: the prior as numpyro distributions (a pytree matching the family), when
+            `log_joint` is the log-likelihood only; see `bbvi.elbo_value_and_grad`.
+        data: a pytree of arrays with a leading axis of data points. The log-joint is then called
+            `log_joint(z, batch)`, and amortised families condition on the batch.
+        batch_size: draw a minibatch of this many data points (without replacement, on device)
+            at every step; default: all of `data` every step. The log-joint sees the minibatch
+            and is responsible for its scaling (e.g. by `num_data / batch_size`).
         init_params: starting parameters (default `bbvi.init(family, key)`).
         init_opt_state: starting optimiser state, to continue an earlier fit.
+        init_estimator_state: starting control-variate state, to continue an earlier fit.
         progress_bar: show a tqdm bar with the step and a smoothed ELBO. It does not change what
             runs; it is ignored under `jax.jit` / `jax.vmap`.
 
@@ -199,9 +262,12 @@ def fit(
     if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
         raise TypeError(f"optimizer must be an optax GradientTransformation, got {optimizer!r}")
     estimator = choice.resolve(estimator)
+    objective = objectives.resolve(objective)
     num_samples = check_num_samples(num_samples)
     cv = control_variates.resolve(control_variate, num_samples)
     tree.flatten(family)  # a clear error for anything that is not a family
+    data, batch_size = _check_data(data, batch_size)
+    options = (estimator, objective, num_samples, cv, prior, optimizer, batch_size)
 
     init_key, run_key = jax.random.split(key)
     if init_params is None:
@@ -211,26 +277,29 @@ def fit(
     params = jax.tree.map(_strong, params)
     opt_state = optimizer.init(params) if init_opt_state is None else init_opt_state
     opt_state = jax.tree.map(_strong, opt_state)
+    cv_state = cv.init_state() if init_estimator_state is None else init_estimator_state
+    cv_state = jax.tree.map(_strong, cv_state)
+    state = (params, opt_state, cv_state)
 
-    if _is_traced(key, params, opt_state):
+    if _is_traced(key, state, data):
         # Under jit / vmap there is no bar to feed and no value to check, and XLA would inline every
         # chunk into the enclosing program: run one loop. The step keys make the result the same.
-        run_chunk = _program(log_joint, family, estimator, num_samples, cv, optimizer, num_steps)
-        params, opt_state, elbo = run_chunk(params, opt_state, run_key, 0, num_steps)
-        return FitResult(params=params, opt_state=opt_state, elbo=elbo, family=family)
+        run_chunk = _program(log_joint, family, *options, num_steps)
+        *state, elbo = run_chunk(*state, run_key, 0, num_steps, data)
+        return _result(family, state, elbo)
 
     chunk = _chunk_length(num_steps)
-    run_chunk = _program(log_joint, family, estimator, num_samples, cv, optimizer, chunk)
+    run_chunk = _program(log_joint, family, *options, chunk)
     # The first step runs alone, so that a non-finite start is reported before the fit goes on; it
     # shares the loop's compiled program and its work is kept. Shape and structure errors surface
     # earlier still, when the program is traced.
-    params, opt_state, elbos = run_chunk(params, opt_state, run_key, 0, 1)
-    _check_finite_start(elbos[0], params)
+    *state, elbos = run_chunk(*state, run_key, 0, 1, data)
+    _check_finite_start(elbos[0], state[0])
     traces = [(elbos, 1)]
     with tqdm(total=num_steps, disable=not progress_bar, desc="fit", unit="step", dynamic_ncols=True) as bar:
         for start in range(1, num_steps, chunk):
             length = min(chunk, num_steps - start)
-            params, opt_state, elbos = run_chunk(params, opt_state, run_key, start, length)
+            *state, elbos = run_chunk(*state, run_key, start, length, data)
             # Report the previous chunk while this one runs: the device never waits for the host.
             if progress_bar:
                 _report(bar, *traces[-1])
@@ -238,7 +307,12 @@ def fit(
         if progress_bar:
             _report(bar, *traces[-1])
     elbo = jnp.concatenate([elbos[:length] for elbos, length in traces])
-    return FitResult(params=params, opt_state=opt_state, elbo=elbo, family=family)
+    return _result(family, state, elbo)
+
+
+def _result(family, state, elbo) -> FitResult:
+    params, opt_state, cv_state = state
+    return FitResult(params=params, opt_state=opt_state, elbo=elbo, family=family, estimator_state=cv_state)
 
 
 def _check_finite_start(elbo, params):

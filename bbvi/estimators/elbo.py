@@ -1,34 +1,59 @@
-"""ELBO value-and-gradient estimators: pathwise, score-function, or both in one estimate.
+"""Gradient estimators for variational objectives: pathwise, score-function, or both in one estimate.
 
 One mechanism serves every estimator: each leaf family is either *pathwise* (its draws are a
-differentiable function of its parameters) or *score-function* (its draws are held fixed and
-its gradient comes from `grad log q`, centred by a control variate). `"reparam"`, `"score"` and
-`"auto"` only choose which leaves are which.
+differentiable function of its parameters; a relaxed discrete leaf is drawn from its relaxation) or
+*score-function* (its draws are held fixed and its gradient comes from `grad log q`, centred by a
+control variate). `"reparam"`, `"score"`, `"auto"` and `"relaxed"` only choose which leaves are which.
+
+Each of the `S` samples gives one or more *points* (a mixture family gives one per component) with
+log-weights `w = log p(z) - log q(z)` and probability masses; the objective (ELBO, IWAE, Renyi)
+reduces them. The gradient comes from one surrogate whose value is unchanged and whose gradient
+is the estimate:
+
+    objective(stop(w), mass)                      the exact gradient in the masses (mixture weights)
+    + sum_j stop(c_j) * w_j                       the pathwise part, c = d objective / d w
+                                                  (or the DReG coefficients)
+    + sum_s stop(signal_s - baseline_s) * (log q_s - stop(log q_s))    score-function leaves
+    + closed-form entropies and KL terms
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bbvi import control_variates
-from bbvi.estimators import choice
+from bbvi import control_variates, objectives
+from bbvi.estimators import choice, prior_terms
 from bbvi.families import tree
+from bbvi.families.base import Family
 
 stop = jax.lax.stop_gradient
+
+
+class GradientEstimator(NamedTuple):
+    """A stateful gradient estimator, like an optax transformation: a pair of pure functions.
+
+    `init(params) -> state` and `estimate(params, state, key, data=None) -> (value, grad, state)`,
+    where `value` is the Monte Carlo objective, `grad` its gradient (ascent direction) and `state`
+    the control variate's (empty unless it keeps one, e.g. `bbvi.MovingAverage`).
+    """
+
+    init: Callable
+    estimate: Callable
 
 
 def _describe(z) -> str:
     return str(jax.tree.map(lambda x: f"{jnp.result_type(x)}{list(jnp.shape(x))}", z))
 
 
-def call_log_joint(log_joint: Callable, z) -> jax.Array:
-    """`log_joint(z)`, with clear errors for a failing call or a non-scalar, non-float result."""
+def call_log_joint(log_joint: Callable, z, *data) -> jax.Array:
+    """`log_joint(z[, data])`, with clear errors for a failing call or a non-scalar, non-float result."""
     try:
-        value = log_joint(z)
+        value = log_joint(z, *data)
     except Exception as err:
         # A note keeps the user's own exception, type and traceback, and says what it was given.
         err.add_note(
@@ -52,30 +77,292 @@ def check_num_samples(num_samples) -> int:
     return int(num_samples)
 
 
+def _check_options(estimator, objective, cv, num_samples, bases, paths, pathwise):
+    """Clear errors, before tracing, for options that cannot work together."""
+    if not objective.linear:
+        if estimator.entropy == "stl":
+            raise ValueError(
+                f"entropy='stl' is biased for {objective}; use entropy='dreg' (doubly-reparameterised "
+                "gradients), the unbiased path derivative for importance-weighted bounds"
+            )
+        if estimator.gradient == "relaxed" or cv.needs_scores or cv.per_factor:
+            what = (
+                "estimator 'relaxed'" if estimator.gradient == "relaxed" else f"control_variate={cv.name!r}"
+            )
+            raise ValueError(f"{what} needs the ELBO (a linear objective), not {objective}")
+        if num_samples < 2 and not all(pathwise):
+            raise ValueError(f"{objective} with score-function leaves needs num_samples >= 2")
+    if estimator.entropy == "dreg":
+        stratified = [p for b, p, pw in zip(bases, paths, pathwise) if pw and _is_stratified(b)]
+        if stratified:
+            raise ValueError(
+                f"entropy='dreg' does not support the stratified (mixture) families at {stratified}"
+            )
+
+
+def _is_stratified(family) -> bool:
+    """Whether the family draws several weighted points per sample (a mixture)."""
+    return type(family).stratified_sample is not Family.stratified_sample
+
+
+def gradient_estimator(
+    log_joint: Callable,
+    family,
+    *,
+    estimator: str | choice.Estimator = "auto",
+    objective: str | objectives.Objective = "elbo",
+    num_samples: int = 8,
+    control_variate="auto",
+    prior=None,
+) -> GradientEstimator:
+    """A `GradientEstimator(init, estimate)` for a variational objective; see `elbo_value_and_grad`.
+
+    Use this form for stateful control variates (`bbvi.MovingAverage`); `fit` uses it always.
+    """
+    estimator = choice.resolve(estimator)
+    objective = objectives.resolve(objective)
+    num_samples = check_num_samples(num_samples)
+    cv = control_variates.resolve(control_variate, num_samples)
+    if not callable(log_joint):
+        raise TypeError(f"log_joint must be callable, got {log_joint!r}")
+
+    leaves, treedef = tree.flatten(family)
+    paths = tree.leaf_paths(family)
+    relaxed = estimator.relaxed(leaves)
+    pathwise = estimator.pathwise(leaves, paths)
+    needs_data = any(leaf.needs_data for leaf in leaves)
+    static_bases, _ = tree.unconstrained(leaves)
+    _check_options(estimator, objective, cv, num_samples, static_bases, paths, pathwise)
+    priors = prior_terms.PriorTerms(prior, treedef, leaves, paths, estimator, objective)
+    # Leaves whose log q enters in closed form, not by Monte Carlo: through their entropy, or with
+    # their prior through a closed-form KL.
+    entropic = estimator.analytic_entropy(leaves, pathwise, objective.linear)
+    analytic = [an or kl for an, kl in zip(entropic, priors.analytic)]
+    entropic = [an and not kl for an, kl in zip(entropic, priors.analytic)]
+    has_score = not all(pathwise)
+    num_leaves = len(leaves)
+    log_s = jnp.log(num_samples)
+
+    def estimate(params, state, key, data=None):
+        if needs_data and data is None:
+            raise ValueError("the family is amortised (it needs data): pass data (fit(..., data=...))")
+        extra = () if data is None else (data,)
+        leaf_params = tree.split_params(family, params)
+
+        def condition(leaf_params):
+            # Amortised leaves map the data to their base family's parameters (differentiably).
+            pairs = [
+                leaf.condition(p, data) if leaf.needs_data else (leaf, p)
+                for leaf, p in zip(leaves, leaf_params)
+            ]
+            conditioned = [f for f, _ in pairs]
+            bases, transforms = tree.unconstrained(conditioned)
+            return conditioned, bases, transforms, [p for _, p in pairs]
+
+        _, bases, transforms, _ = condition(leaf_params)
+
+        def log_density(u_leaves):
+            # The log-joint pulled back to unconstrained space (the objective is invariant under it).
+            z_leaves, log_det = tree.to_constrained(transforms, u_leaves)
+            z = treedef.unflatten(z_leaves)
+            return call_log_joint(log_joint, z, *extra) + log_det + priors.log_prob(z_leaves)
+
+        def draw_score_leaves(lp, key):
+            """The score-function leaves' draws, held fixed: their gradients come from the score."""
+            keys = jax.random.split(key, num_leaves)
+            return [
+                None if pw else stop(b.sample(stop(p), k)) for b, p, k, pw in zip(bases, lp, keys, pathwise)
+            ]
+
+        def score_log_q(lp, fixed):
+            return sum(b.log_prob(p, x) for b, p, x, pw in zip(bases, lp, fixed, pathwise) if not pw)
+
+        def points(lp, key, fixed):
+            """One sample's points: each leaf's draws (a leading point axis), log-masses and log q."""
+            keys = jax.random.split(key, num_leaves)
+            draws, masses, log_q_path = [], [], []
+            for b, p, k, x, pw, an, rl in zip(bases, lp, keys, fixed, pathwise, analytic, relaxed):
+                q = stop(p) if estimator.path_derivative else p
+                if rl:
+                    x, lq, m = b.relaxed_sample(p, k, estimator.temperature)[None], jnp.zeros(1), jnp.zeros(1)
+                elif pw and _is_stratified(b):
+                    x, m = b.stratified_sample(p, k)
+                    lq = jnp.zeros_like(m) if an else jax.vmap(b.log_prob, (None, 0))(q, x)
+                elif pw and an:
+                    x, lq, m = b.sample(p, k)[None], jnp.zeros(1), jnp.zeros(1)
+                elif pw and estimator.path_derivative:
+                    x = b.sample(p, k)
+                    x, lq, m = x[None], b.log_prob(q, x)[None], jnp.zeros(1)
+                elif pw:
+                    x, lq = b.sample_and_log_prob(p, k)
+                    x, lq, m = x[None], lq[None], jnp.zeros(1)
+                else:
+                    x, lq, m = x[None], jnp.zeros(1), jnp.zeros(1)
+                draws.append(x)
+                masses.append(m)
+                log_q_path.append(lq)
+            # The product of the leaves' points (one point unless a leaf is stratified).
+            grid = jnp.indices(tuple(m.shape[0] for m in masses)).reshape(num_leaves, -1)
+            draws = [jax.tree.map(lambda a, g=g: a[g], x) for x, g in zip(draws, grid)]
+            log_mass = sum(m[g] for m, g in zip(masses, grid))
+            log_q_path = sum(lq[g] for lq, g in zip(log_q_path, grid))
+            return draws, log_mass, log_q_path
+
+        def score_part(lp, fixed):
+            """`-log q` of the score leaves (Monte Carlo entropy); live for non-linear objectives."""
+            terms = [
+                b.log_prob(p, x)
+                for b, p, x, pw, an in zip(bases, lp, fixed, pathwise, analytic)
+                if not (pw or an)
+            ]
+            value = -sum(terms) if terms else 0.0
+            return value if not objective.linear else stop(value)
+
+        def sample_terms(lp, key, fixed):
+            draws, log_mass, log_q_path = points(lp, key, fixed)
+            path_part = jax.vmap(log_density)(draws) - log_q_path
+            return path_part, log_mass, score_part(lp, fixed), score_log_q(lp, fixed)
+
+        def surrogate(leaf_params, keys, fixed, state):
+            conditioned, _, _, lp = condition(leaf_params)
+            path_part, log_mass, s_part, log_q = jax.vmap(sample_terms, (None, 0, 0))(lp, keys, fixed)
+            log_mass = log_mass - log_s
+            log_w = path_part + s_part[:, None]
+            closed_form = priors.closed_form(conditioned, lp)
+            closed_form += sum(b.entropy(p) for b, p, an in zip(bases, lp, entropic) if an)
+            value = objective(log_w, log_mass) + closed_form
+            coef = jax.grad(objective)(stop(log_w), stop(log_mass))
+            path_coef = (
+                objective.dreg_weights(stop(log_w), stop(log_mass)) if estimator.entropy == "dreg" else coef
+            )
+            out = objective(stop(log_w), log_mass) + jnp.sum(stop(path_coef) * path_part)
+            out += jnp.sum(stop(coef) * s_part[:, None]) + closed_form
+            # Per-sample values of the integrand (the ELBO's), for control variates and reporting.
+            values = jnp.sum(jnp.exp(log_mass + log_s) * log_w, axis=1)
+            signal = jnp.mean(values) if objective.linear else value
+            if has_score and not cv.needs_scores:
+                out += score_surrogate(lp, values, value, log_w, log_mass, log_q, fixed, keys, state)
+            return out, (value, stop(values), stop(signal))
+
+        def score_surrogate(lp, values, value, log_w, log_mass, log_q, fixed, keys, state):
+            values = stop(values)
+            if cv.per_factor:
+                return rao_blackwell(lp, values, fixed, keys)
+            if cv.stateful:
+                baseline = cv.baseline_from_state(state)
+            elif objective.linear:
+                baseline = cv.baseline(values)
+            elif cv is control_variates.LOO:
+                baseline = vimco_baselines(stop(log_w), stop(log_mass))
+            else:
+                baseline = cv.baseline(jnp.broadcast_to(stop(value), values.shape))
+            signal = values if objective.linear else stop(value)
+            weight = 1 / num_samples if objective.linear else 1.0
+            return weight * jnp.sum(stop(signal - baseline) * (log_q - stop(log_q)))
+
+        def vimco_baselines(log_w, log_mass):
+            """The objective with sample s's log-weights replaced by the mean of the others' (VIMCO)."""
+            per_sample = jnp.sum(jnp.exp(log_mass + log_s) * log_w, axis=1)
+            others = (jnp.sum(per_sample) - per_sample) / (num_samples - 1)
+
+            def without(s):
+                return objective(log_w.at[s].set(others[s]), log_mass)
+
+            return jax.vmap(without)(jnp.arange(num_samples))
+
+        def rao_blackwell(lp, values, fixed, keys):
+            """Per factor of each mean-field score leaf, a baseline with that factor redrawn."""
+            redrawn = jax.vmap(draw_score_leaves, (None, 0))(
+                lp, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+            )
+            out = 0.0
+            for i, (b, p, pw) in enumerate(zip(bases, lp, pathwise)):
+                if pw:
+                    continue
+                if b.factor_dims is None:  # not mean-field: one factor, the leave-one-out baseline
+                    log_q = jax.vmap(b.log_prob, (None, 0))(p, fixed[i])
+                    adv = values - control_variates.leave_one_out(values) if num_samples > 1 else values
+                    out += jnp.mean(stop(adv) * (log_q - stop(log_q)))
+                    continue
+                event = b.event_shape
+                nf = int(np.prod(event[: b.factor_dims]))
+
+                def baseline(key, fx, rx, i=i, event=event, nf=nf, b=b):
+                    flat, new = fx[i].reshape((nf, -1)), rx[i].reshape((nf, -1))
+
+                    def one(f):
+                        swapped = list(fx)
+                        swapped[i] = flat.at[f].set(new[f]).reshape(event)
+                        path_part, log_mass, s_part, _ = sample_terms(stop(lp), key, swapped)
+                        return jnp.sum(jnp.exp(log_mass) * (path_part + s_part))
+
+                    return jax.vmap(one)(jnp.arange(nf)).reshape(event[: b.factor_dims])
+
+                baselines = jax.vmap(baseline)(keys, fixed, redrawn)
+                factor_log_q = jax.vmap(b.factor_log_prob, (None, 0))(p, fixed[i])
+                adv = values.reshape((-1,) + (1,) * b.factor_dims) - baselines
+                out += jnp.mean(
+                    jnp.sum(stop(adv) * (factor_log_q - stop(factor_log_q)), axis=tuple(range(1, adv.ndim)))
+                )
+            return out
+
+        keys = jax.random.split(key, num_samples)
+        # Every sample is drawn once; score-function leaves outside the differentiated function.
+        _, _, _, lp0 = condition(leaf_params)
+        fixed = jax.vmap(draw_score_leaves, in_axes=(None, 0))(lp0, keys)
+        grad_fn = jax.value_and_grad(surrogate, has_aux=True)
+        (_, (value, values, signal)), grads = grad_fn(leaf_params, keys, fixed, state)
+        if has_score and cv.needs_scores:
+
+            def lq(leaf_params, fixed):
+                return score_log_q(condition(leaf_params)[3], fixed)
+
+            scores = jax.vmap(jax.grad(lq), in_axes=(None, 0))(leaf_params, fixed)
+            grads = jax.tree.map(jnp.add, grads, cv.scaled(values, scores))
+        return value, treedef.unflatten(grads), cv.update_state(state, signal)
+
+    def init(params=None):
+        return cv.init_state()
+
+    return GradientEstimator(init, estimate)
+
+
 def elbo_value_and_grad(
     log_joint: Callable,
     family,
     *,
     estimator: str | choice.Estimator = "auto",
+    objective: str | objectives.Objective = "elbo",
     num_samples: int = 8,
     control_variate="auto",
+    prior=None,
 ) -> Callable:
-    """A pure function `(params, key) -> (elbo, grad)`: a Monte Carlo ELBO and its gradient.
+    """A pure function `(params, key[, data]) -> (value, grad)`: a Monte Carlo objective and its gradient.
 
-    The gradient is an unbiased estimate of the gradient of the ELBO (the ascent direction)
+    The gradient is an unbiased estimate of the gradient of the objective (the ascent direction)
     with respect to `params`, the first argument, as with `jax.value_and_grad`. The function is
     pure (same key, same answer) and works under `jax.jit` and `jax.vmap`.
 
     Args:
         log_joint: `z -> scalar`, the model's log-density (data closed over), `z` a pytree of
-            latents matching `family`, each leaf on its family's support.
+            latents matching `family`, each leaf on its family's support. When data are passed
+            to the returned function, `log_joint(z, data)`. With `prior` given, the
+            log-likelihood only.
         family: a family or a dict / tuple / list of families.
-        estimator: `"reparam"`, `"score"`, `"auto"` or an `Estimator` (e.g.
+        estimator: `"reparam"`, `"score"`, `"auto"`, `"relaxed"` or an `Estimator` (e.g.
             `bbvi.Estimator("reparam", entropy="stl")` for sticking the landing).
-        num_samples: Monte Carlo samples per estimate, drawn once and shared by all leaves.
-        control_variate: for score-function leaves: `None`, `"loo"` (leave-one-out baseline),
-            `"optimal"` (per-coordinate optimally scaled score) or `"auto"` (`"loo"` when
-            `num_samples >= 2`, otherwise none).
+        objective: `"elbo"` (default), `"iwae"`, or an objective such as `bbvi.Renyi(0.5)`.
+        num_samples: Monte Carlo samples per estimate, drawn once and shared by all leaves (the
+            K of the importance-weighted bound).
+        control_variate: for score-function leaves: `None`, `"loo"` (leave-one-out baseline;
+            VIMCO's for multi-sample objectives), `"optimal"` (per-coordinate optimally scaled
+            score), `"rao_blackwell"` (per factor of a mean-field leaf), or `"auto"` (`"loo"` when
+            `num_samples >= 2`, otherwise none). Stateful ones (`bbvi.MovingAverage`) need
+            `gradient_estimator` or `fit`.
+        prior: the model's prior as numpyro distributions, a pytree matching the family (or
+            `None`): then `log_joint` is the log-likelihood, and the KL from q to the prior is
+            taken in closed form (numpyro's `kl_divergence`) where one exists and the entropy
+            mode is `"analytic"`, by Monte Carlo otherwise.
 
     Example:
         >>> import jax, jax.numpy as jnp, bbvi
@@ -85,71 +372,24 @@ def elbo_value_and_grad(
         >>> grad["loc"].shape
         (2,)
     """
-    estimator = choice.resolve(estimator)
-    num_samples = check_num_samples(num_samples)
-    cv = control_variates.resolve(control_variate, num_samples)
-    if not callable(log_joint):
-        raise TypeError(f"log_joint must be callable, got {log_joint!r}")
+    cv = control_variates.resolve(control_variate, check_num_samples(num_samples))
+    if cv.stateful:
+        raise ValueError(
+            f"control_variate={cv.name!r} keeps state between steps; use bbvi.gradient_estimator "
+            "(init, estimate) or bbvi.fit, which threads it"
+        )
+    inner = gradient_estimator(
+        log_joint,
+        family,
+        estimator=estimator,
+        objective=objective,
+        num_samples=num_samples,
+        control_variate=cv,
+        prior=prior,
+    )
 
-    _, treedef = tree.flatten(family)
-    paths = tree.leaf_paths(family)
-    bases, transforms = tree.unconstrained(family)
-    pathwise = estimator.pathwise(bases, paths)
-    analytic = estimator.analytic_entropy(bases, pathwise)
-    stl = estimator.entropy == "stl"
-    has_score = not all(pathwise)
-    num_leaves = len(bases)
-
-    def log_density(u_leaves):
-        # The log-joint pulled back to unconstrained space: the ELBO is invariant under the bijection.
-        z_leaves, log_det = tree.to_constrained(transforms, u_leaves)
-        return call_log_joint(log_joint, treedef.unflatten(z_leaves)) + log_det
-
-    def draw_score_leaves(leaf_params, key):
-        """The score-function leaves' draws, held fixed: their gradients come from the score."""
-        keys = jax.random.split(key, num_leaves)
-        return [
-            None if pw else stop(b.sample(stop(p), k))
-            for b, p, k, pw in zip(bases, leaf_params, keys, pathwise)
-        ]
-
-    def score_log_q(leaf_params, fixed):
-        return sum(b.log_prob(p, x) for b, p, x, pw in zip(bases, leaf_params, fixed, pathwise) if not pw)
-
-    def particle(leaf_params, key, fixed):
-        """One sample's ELBO integrand (pathwise-differentiable) and its score-leaf log q."""
-        keys = jax.random.split(key, num_leaves)
-        u_leaves, neg_log_q = [], 0.0
-        for b, p, k, x, pw, an in zip(bases, leaf_params, keys, fixed, pathwise, analytic):
-            if pw:
-                x = b.sample(p, k)
-                if not an:
-                    neg_log_q -= b.log_prob(stop(p) if stl else p, x)
-            elif not an:
-                neg_log_q -= stop(b.log_prob(p, x))
-            u_leaves.append(x)
-        return log_density(u_leaves) + neg_log_q, score_log_q(leaf_params, fixed)
-
-    def surrogate(leaf_params, keys, fixed):
-        values, log_q = jax.vmap(particle, in_axes=(None, 0, 0))(leaf_params, keys, fixed)
-        entropy = sum(b.entropy(p) for b, p, an in zip(bases, leaf_params, analytic) if an)
-        elbo = jnp.mean(values) + entropy
-        objective = elbo
-        if has_score and not cv.needs_scores:
-            # Value unchanged, gradient (f_s - b_s) * grad log q_s: the REINFORCE surrogate.
-            advantage = stop(values - cv.baseline(stop(values)))
-            objective = elbo + jnp.mean(advantage * (log_q - stop(log_q)))
-        return objective, (elbo, stop(values))
-
-    def value_and_grad(params, key):
-        leaf_params = tree.split_params(family, params)
-        keys = jax.random.split(key, num_samples)
-        # Every sample is drawn once; score-function leaves outside the differentiated function.
-        fixed = jax.vmap(draw_score_leaves, in_axes=(None, 0))(leaf_params, keys)
-        (_, (elbo, values)), grads = jax.value_and_grad(surrogate, has_aux=True)(leaf_params, keys, fixed)
-        if has_score and cv.needs_scores:
-            scores = jax.vmap(jax.grad(score_log_q), in_axes=(None, 0))(leaf_params, fixed)
-            grads = jax.tree.map(jnp.add, grads, cv.scaled(values, scores))
-        return elbo, treedef.unflatten(grads)
+    def value_and_grad(params, key, data=None) -> tuple[jax.Array, Any]:
+        value, grad, _ = inner.estimate(params, (), key, data)
+        return value, grad
 
     return value_and_grad

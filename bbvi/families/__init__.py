@@ -1,20 +1,29 @@
 """Variational families: hashable descriptions with parameters in a separate pytree."""
 
+from bbvi.families.amortized import Amortized, Batched
 from bbvi.families.base import DistributionFamily, Family, is_family
 from bbvi.families.constrained import Constrained
-from bbvi.families.discrete import Bernoulli, Categorical
+from bbvi.families.discrete import Bernoulli, Categorical, OneHotCategorical
 from bbvi.families.gaussian import FullRankGaussian, LowRankGaussian, MeanFieldGaussian
-from bbvi.families.tree import entropy, init, log_prob, sample
+from bbvi.families.markov import MarkovChains
+from bbvi.families.mixture import GaussianMixture
+from bbvi.families.tree import condition, entropy, init, log_prob, sample
 
 __all__ = [
+    "Amortized",
+    "Batched",
+    "MarkovChains",
     "Bernoulli",
     "Categorical",
     "Constrained",
     "DistributionFamily",
     "Family",
     "FullRankGaussian",
+    "GaussianMixture",
     "LowRankGaussian",
     "MeanFieldGaussian",
+    "OneHotCategorical",
+    "condition",
     "entropy",
     "init",
     "is_family",

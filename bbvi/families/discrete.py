@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
@@ -39,6 +40,14 @@ class Bernoulli(DistributionFamily):
     def distribution(self, params):
         return dist.Bernoulli(logits=params["logits"]).to_event(len(self.shape))
 
+    def relaxed_sample(self, params, key, temperature):
+        """A draw from the binary concrete relaxation, in (0, 1), differentiable in the logits.
+
+        `sigmoid((logits + logistic noise) / temperature)`: at temperature -> 0 it is a draw of q.
+        """
+        noise = jax.random.logistic(key, self.shape, dtype=params["logits"].dtype)
+        return jax.nn.sigmoid((params["logits"] + noise) / temperature)
+
 
 @dataclasses.dataclass(frozen=True)
 class Categorical(DistributionFamily):
@@ -72,3 +81,33 @@ class Categorical(DistributionFamily):
 
     def distribution(self, params):
         return dist.Categorical(logits=params["logits"]).to_event(len(self.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class OneHotCategorical(Categorical):
+    """Categorical latents drawn as one-hot vectors: z has shape `shape + (num_categories,)`.
+
+    The same q as `Categorical`; the one-hot encoding is what the Gumbel-softmax relaxation
+    (estimator `"relaxed"`) replaces by points of the simplex, so a log-joint written for one-hot
+    draws (e.g. `z @ means`) accepts relaxed ones too. Draws are int32.
+    """
+
+    @property
+    def event_shape(self):
+        return self.shape + (self.num_categories,)
+
+    # `distribution` is the categorical over indices; draws are encoded / decoded around it.
+
+    def sample(self, params, key):
+        return jax.nn.one_hot(super().sample(params, key), self.num_categories, dtype=jnp.int32)
+
+    def log_prob(self, params, z):
+        return super().log_prob(params, jnp.argmax(z, axis=-1))
+
+    def factor_log_prob(self, params, z):
+        return super().factor_log_prob(params, jnp.argmax(z, axis=-1))
+
+    def relaxed_sample(self, params, key, temperature):
+        """A Gumbel-softmax draw on the simplex, differentiable in the logits."""
+        noise = jax.random.gumbel(key, params["logits"].shape, dtype=params["logits"].dtype)
+        return jax.nn.softmax((params["logits"] + noise) / temperature, axis=-1)

@@ -86,8 +86,29 @@ def _draw(leaves, leaf_params, key):
     return [leaf.sample(p, k) for leaf, p, k in zip(leaves, leaf_params, keys)]
 
 
-def sample(family, params, key: jax.Array, sample_shape: tuple[int, ...] = ()):
+def condition(family, params, data):
+    """The data-free family pytree and its parameters: amortised leaves mapped through their encoders.
+
+    Families that do not need data are returned unchanged; `data` is the batch the amortised
+    leaves read (see `bbvi.Amortized`).
+    """
+    leaves, treedef = flatten(family)
+    leaf_params = split_params(family, params)
+    if data is None:
+        needy = [path for path, leaf in zip(leaf_paths(family), leaves) if leaf.needs_data]
+        if needy:
+            raise ValueError(f"the families at {needy} are amortised: pass the data they condition on")
+        return family, params
+    pairs = [
+        leaf.condition(p, data) if leaf.needs_data else (leaf, p) for leaf, p in zip(leaves, leaf_params)
+    ]
+    return treedef.unflatten([f for f, _ in pairs]), treedef.unflatten([p for _, p in pairs])
+
+
+def sample(family, params, key: jax.Array, sample_shape: tuple[int, ...] = (), data=None):
     """Draws from q: the latent pytree, each leaf with `sample_shape` in front of its event shape.
+
+    `data` is the batch an amortised family conditions on.
 
     Example:
         >>> import jax, bbvi
@@ -97,6 +118,7 @@ def sample(family, params, key: jax.Array, sample_shape: tuple[int, ...] = ()):
         >>> z["a"].shape, z["b"].shape
         ((5, 2), (5, 3))
     """
+    family, params = condition(family, params, data)
     leaves, treedef = flatten(family)
     leaf_params = split_params(family, params)
     sample_shape = tuple(sample_shape)
@@ -106,8 +128,9 @@ def sample(family, params, key: jax.Array, sample_shape: tuple[int, ...] = ()):
     return treedef.unflatten(draws)
 
 
-def log_prob(family, params, z):
+def log_prob(family, params, z, data=None):
     """log q(z): summed over the family's leaves; leading batch dimensions of `z` are kept."""
+    family, params = condition(family, params, data)
     leaves, treedef = flatten(family)
     leaf_params = split_params(family, params)
     try:
