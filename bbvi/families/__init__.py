@@ -7,12 +7,14 @@ from bbvi.families.discrete import Bernoulli, Categorical, OneHotCategorical
 from bbvi.families.gaussian import FullRankGaussian, LowRankGaussian, MeanFieldGaussian
 from bbvi.families.markov import MarkovChains
 from bbvi.families.mixture import GaussianMixture
+from bbvi.families.numpyro_family import NumpyroFamily
 from bbvi.families.tree import condition, entropy, init, log_prob, sample
 
 __all__ = [
     "Amortized",
     "Batched",
     "MarkovChains",
+    "NumpyroFamily",
     "Bernoulli",
     "Categorical",
     "Constrained",

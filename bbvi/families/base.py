@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpyro.distributions as dist
 
 Params = Any  # a pytree of unconstrained arrays
 Latent = Any  # one draw of the latent variables
@@ -135,6 +136,6 @@ class DistributionFamily(Family):
             return super().factor_log_prob(params, z)
         d = self.distribution(params)
         # numpyro's Independent wraps the elementwise distribution; sum what lies below the factors.
-        elementwise = d.base_dist.log_prob(z) if hasattr(d, "base_dist") else d.log_prob(z)
+        elementwise = d.base_dist.log_prob(z) if isinstance(d, dist.Independent) else d.log_prob(z)
         extra = elementwise.ndim - self.factor_dims
         return jnp.sum(elementwise, axis=tuple(range(self.factor_dims, self.factor_dims + extra)))
