@@ -26,6 +26,7 @@ from bbvi.families import (
     log_prob,
     sample,
 )
+from bbvi.fisher import natural_gradient
 from bbvi.fit import FitResult, fit
 from bbvi.objectives import ELBO, IWAE, Objective, Renyi
 
@@ -61,5 +62,6 @@ __all__ = [
     "fit",
     "init",
     "log_prob",
+    "natural_gradient",
     "sample",
 ]
