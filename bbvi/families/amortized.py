@@ -56,8 +56,31 @@ def _batched_factor_dims(base: Family) -> int:
     return 1 if base.factor_dims is None else 1 + base.factor_dims
 
 
+class _PerDatum(Family):
+    """What `batch_size` copies of a `base` family share, whether their parameters are free or encoded.
+
+    Subclasses are dataclasses with the fields `base` and `batch_size`.
+    """
+
+    @property
+    def reparameterized(self):
+        return self.base.reparameterized
+
+    @property
+    def has_entropy(self):
+        return self.base.has_entropy
+
+    @property
+    def factor_dims(self):
+        return _batched_factor_dims(self.base)
+
+    @property
+    def event_shape(self):
+        return (self.batch_size,) + tuple(self.base.event_shape)
+
+
 @dataclasses.dataclass(frozen=True)
-class Batched(Family):
+class Batched(_PerDatum):
     """`batch_size` independent copies of `base`, each with its own parameters.
 
     Parameters are the base's with a leading axis of size `batch_size`; a draw has shape
@@ -80,22 +103,6 @@ class Batched(Family):
     def __post_init__(self):
         _check_base("Batched", self.base)
         _check_positive_int("Batched", "batch_size", self.batch_size)
-
-    @property
-    def reparameterized(self):
-        return self.base.reparameterized
-
-    @property
-    def has_entropy(self):
-        return self.base.has_entropy
-
-    @property
-    def factor_dims(self):
-        return _batched_factor_dims(self.base)
-
-    @property
-    def event_shape(self):
-        return (self.batch_size,) + tuple(self.base.event_shape)
 
     def _keys(self, key):
         return jax.random.split(key, self.batch_size)
@@ -150,7 +157,7 @@ def _param_layout(base: Family):
 
 
 @dataclasses.dataclass(frozen=True)
-class Amortized(Family):
+class Amortized(_PerDatum):
     """q(z_i | x_i) = base(z_i; encoder(x_i)) for each datum of a minibatch of `batch_size`.
 
     The encoder is a stax MLP: each datum (of `data_shape`, flattened) goes through `hidden_sizes`
@@ -203,22 +210,6 @@ class Amortized(Family):
             raise ValueError(
                 f"Amortized: unknown activation {self.activation!r}; expected one of {sorted(ACTIVATIONS)}"
             )
-
-    @property
-    def reparameterized(self):
-        return self.base.reparameterized
-
-    @property
-    def has_entropy(self):
-        return self.base.has_entropy
-
-    @property
-    def factor_dims(self):
-        return _batched_factor_dims(self.base)
-
-    @property
-    def event_shape(self):
-        return (self.batch_size,) + tuple(self.base.event_shape)
 
     @property
     def num_base_params(self) -> int:
