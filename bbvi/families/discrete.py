@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from bbvi.families.base import DistributionFamily, check_shape
+from bbvi.families.base import DistributionFamily, Family, check_shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,28 +84,51 @@ class Categorical(DistributionFamily):
 
 
 @dataclasses.dataclass(frozen=True)
-class OneHotCategorical(Categorical):
+class OneHotCategorical(Family):
     """Categorical latents drawn as one-hot vectors: z has shape `shape + (num_categories,)`.
 
-    The same q as `Categorical`; the one-hot encoding is what the Gumbel-softmax relaxation
-    (estimator `"relaxed"`) replaces by points of the simplex, so a log-joint written for one-hot
-    draws (e.g. `z @ means`) accepts relaxed ones too. Draws are int32.
+    The same q as `Categorical` (same parameters `{"logits": shape + (num_categories,)}`), with
+    each draw one-hot encoded. That encoding is what the Gumbel-softmax relaxation (estimator
+    `"relaxed"`) replaces by points of the simplex, so a log-joint written for one-hot draws (e.g.
+    `z @ means`) accepts relaxed ones too. Draws are int32.
     """
+
+    shape: tuple[int, ...]
+    num_categories: int
+
+    reparameterized = False
+    has_entropy = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", self._indices.shape)  # validates, normalises the shape
+
+    @property
+    def _indices(self) -> Categorical:
+        """The categorical family over the indices, which does the work."""
+        return Categorical(self.shape, self.num_categories)
 
     @property
     def event_shape(self):
         return self.shape + (self.num_categories,)
 
-    # `distribution` is the categorical over indices; draws are encoded / decoded around it.
+    @property
+    def factor_dims(self):
+        return len(self.shape)
+
+    def init(self, key):
+        return self._indices.init(key)
 
     def sample(self, params, key):
-        return jax.nn.one_hot(super().sample(params, key), self.num_categories, dtype=jnp.int32)
+        return jax.nn.one_hot(self._indices.sample(params, key), self.num_categories, dtype=jnp.int32)
 
     def log_prob(self, params, z):
-        return super().log_prob(params, jnp.argmax(z, axis=-1))
+        return self._indices.log_prob(params, jnp.argmax(z, axis=-1))
+
+    def entropy(self, params):
+        return self._indices.entropy(params)
 
     def factor_log_prob(self, params, z):
-        return super().factor_log_prob(params, jnp.argmax(z, axis=-1))
+        return self._indices.factor_log_prob(params, jnp.argmax(z, axis=-1))
 
     def relaxed_sample(self, params, key, temperature):
         """A Gumbel-softmax draw on the simplex, differentiable in the logits."""
