@@ -201,12 +201,13 @@ def gradient_estimator(
                 draws.append(x)
                 masses.append(m)
                 log_q_path.append(lq)
-            # The product of the leaves' points (one point unless a leaf is stratified).
-            grid = jnp.indices(tuple(m.shape[0] for m in masses)).reshape(num_leaves, -1)
-            draws = [jax.tree.map(lambda a, g=g: a[g], x) for x, g in zip(draws, grid)]
-            log_mass = sum(m[g] for m, g in zip(masses, grid))
-            log_q_path = sum(lq[g] for lq, g in zip(log_q_path, grid))
-            return draws, log_mass, log_q_path
+            counts = tuple(m.shape[0] for m in masses)
+            if max(counts) > 1:  # the product of the leaves' points (a leaf is stratified)
+                grid = np.indices(counts).reshape(num_leaves, -1)
+                draws = [jax.tree.map(lambda a, g=g: a[g], x) for x, g in zip(draws, grid)]
+                masses = [m[g] for m, g in zip(masses, grid)]
+                log_q_path = [lq[g] for lq, g in zip(log_q_path, grid)]
+            return draws, sum(masses), sum(log_q_path)
 
         def score_part(lp, fixed):
             """`-log q` of the score leaves (Monte Carlo entropy); live for non-linear objectives."""
