@@ -4,6 +4,7 @@ from bbvi.families.amortized import Amortized, Batched
 from bbvi.families.base import DistributionFamily, Family, is_family
 from bbvi.families.constrained import Constrained
 from bbvi.families.discrete import Bernoulli, Categorical, OneHotCategorical
+from bbvi.families.flows import InverseAutoregressiveFlow
 from bbvi.families.gaussian import FullRankGaussian, LowRankGaussian, MeanFieldGaussian
 from bbvi.families.markov import MarkovChains
 from bbvi.families.mixture import GaussianMixture
@@ -22,6 +23,7 @@ __all__ = [
     "Family",
     "FullRankGaussian",
     "GaussianMixture",
+    "InverseAutoregressiveFlow",
     "LowRankGaussian",
     "MeanFieldGaussian",
     "OneHotCategorical",
