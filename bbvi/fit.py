@@ -294,7 +294,7 @@ def fit(
     # shares the loop's compiled program and its work is kept. Shape and structure errors surface
     # earlier still, when the program is traced.
     *state, elbos = run_chunk(*state, run_key, 0, 1, data)
-    _check_finite_start(elbos[0], state[0])
+    _check_finite_start(elbos[0], state[0], relaxed=estimator.gradient == "relaxed")
     traces = [(elbos, 1)]
     with tqdm(total=num_steps, disable=not progress_bar, desc="fit", unit="step", dynamic_ncols=True) as bar:
         for start in range(1, num_steps, chunk):
@@ -315,12 +315,18 @@ def _result(family, state, elbo) -> FitResult:
     return FitResult(params=params, opt_state=opt_state, elbo=elbo, family=family, estimator_state=cv_state)
 
 
-def _check_finite_start(elbo, params):
+def _check_finite_start(elbo, params, relaxed=False):
     if not np.isfinite(elbo):
+        hint = (
+            "; with estimator 'relaxed' the log-joint sees relaxed values between 0 and 1 (numpyro's "
+            "Bernoulli / Categorical log_prob is -inf there: write the discrete terms linearly in z)"
+            if relaxed
+            else ""
+        )
         raise ValueError(
             f"the ELBO at the initial parameters is {float(elbo)}: the log-joint is not finite "
             "where q puts its mass; check its support (constrain positive or bounded latents "
-            "with bbvi.Constrained) or pass init_params"
+            f"with bbvi.Constrained) or pass init_params{hint}"
         )
     bad = [
         jax.tree_util.keystr(path)

@@ -7,6 +7,7 @@ that a busy CI machine would trip.
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,84 @@ def test_overhead_quick_runs_and_writes_json(tmp_path):
     tol = result["check"]["tolerances"]
     assert result["check"]["fit_vs_limit"]["elbo_rel"] <= tol["elbo_rel"]
     assert result["machine"]["cpu_count"] >= 1 and result["machine"]["jax"]
+
+
+ESTIMATOR_ROWS = {
+    "continuous": [
+        "reparam/analytic",
+        "reparam/stl",
+        "score/none",
+        "score/loo",
+        "score/optimal",
+        "score/moving_average",
+    ],
+    "discrete": [
+        "score/none",
+        "score/loo",
+        "score/optimal",
+        "score/rao_blackwell",
+        "score/moving_average",
+        "relaxed(T=0.5)",
+    ],
+    "mixed": ["auto/none", "auto/loo", "auto/optimal", "auto/rao_blackwell", "auto/moving_average"],
+}
+
+
+def _clearly_below(low: dict, high: dict, sds: float = 4.0) -> bool:
+    """Whether one total variance is below another by more than `sds` combined standard errors."""
+    return high["total"] - low["total"] > sds * math.hypot(low["se"], high["se"])
+
+
+@pytest.mark.slow
+def test_estimators_quick_runs_and_writes_table_json_and_plot(tmp_path):
+    # Seventeen estimator configurations mean some thirty-five compiled programs; at XLA's default
+    # optimisation level compiling them is most of a smoke run's time, and the smoke run checks
+    # that the benchmark works, not how fast (its own timings are meaningless at these sizes).
+    env = {
+        **os.environ,
+        "MPLBACKEND": "Agg",
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+        + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.estimators", "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    table = (tmp_path / "estimators.md").read_text()
+    assert "| configuration |" in table and table.strip() in proc.stdout
+    assert (tmp_path / "estimators.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    result = json.loads((tmp_path / "estimators.json").read_text())
+    assert result["quick"] is True and result["machine"]["jax"]
+    assert {name: list(model["rows"]) for name, model in result["models"].items()} == ESTIMATOR_ROWS
+    for name, model in result["models"].items():
+        rows = model["rows"]
+        for row_name, row in rows.items():
+            where = (name, row_name)
+            for point in ("init", "fitted"):
+                variance = row["variance"][point]
+                assert variance["finite"] and variance["total"] > 0 and variance["se"] > 0, where
+                assert math.isfinite(variance["ratio_to_baseline"]), where
+            for run in (row["fixed_steps"], row["budget"]):
+                assert math.isfinite(run["elbo_last_10pct"]), where
+                assert math.isfinite(run["elbo_accurate"]) and run["elbo_accurate_se"] > 0, where
+            assert row["budget"]["steps"] >= 1 and row["time"]["median_per_step_us"] > 0, where
+            assert len(row["fixed_steps"]["trace_block_means"]) >= 1, where
+        assert rows[model["baseline_row"]]["variance"]["init"]["ratio_to_baseline"] == 1.0
+        # The numbers measure what they say: a leave-one-out baseline cuts the score-function
+        # variance, by far more than the measurement's own standard errors, on every model.
+        loo = next(r for n, r in rows.items() if n.endswith("/loo"))
+        for point in ("init", "fitted"):
+            assert _clearly_below(loo["variance"][point], rows[model["baseline_row"]]["variance"][point]), (
+                name,
+                point,
+            )
+    continuous = result["models"]["continuous"]["rows"]
+    assert _clearly_below(
+        continuous["reparam/analytic"]["variance"]["init"], continuous["score/loo"]["variance"]["init"]
+    )

@@ -20,8 +20,10 @@ class Estimator:
             Gumbel-softmax / concrete relaxation at `temperature` (Jang et al. 2017, Maddison et
             al. 2017) and differentiated pathwise, the others as `"auto"`. The relaxed estimator
             is **biased**: the log-joint is evaluated at relaxed, non-discrete values (it must
-            accept them), with the discrete q's closed-form entropy; the bias shrinks as the
-            temperature falls while the variance grows.
+            accept them: numpyro's Bernoulli / Categorical `log_prob` return -inf off {0, 1}, so
+            write a discrete prior linearly in z, e.g. `z * log(p) + (1 - z) * log(1 - p)`), with
+            the discrete q's closed-form entropy; the bias shrinks as the temperature falls while
+            the variance grows.
         entropy: how `-E_q[log q]` enters: `"analytic"` (closed form where the family has one
             and the objective is the ELBO, Monte Carlo otherwise), `"mc"` (always Monte Carlo),
             `"stl"` (sticking the landing: the path derivative, Monte Carlo with the parameters
