@@ -174,7 +174,11 @@ NONE = ControlVariate("none", 1, baseline=no_baseline)
 LOO = ControlVariate("loo", 2, baseline=leave_one_out)
 OPTIMAL = ControlVariate("optimal", 3, scaled=optimal_scaling)
 #: Rao-Blackwellisation for mean-field score-function leaves: each independent factor's score is
-#: centred by the integrand re-evaluated with that factor redrawn (see the estimators).
+#: centred by the integrand re-evaluated with that factor redrawn from q (independent of the
+#: factor's own draw, so unbiased), which removes every term of the log-joint not involving the
+#: factor. It costs one extra log-joint evaluation per factor and sample (vmapped): worth it when
+#: many discrete factors each touch a few terms. Leaves that do not factorise get the
+#: leave-one-out baseline.
 RAO_BLACKWELL = ControlVariate("rao_blackwell", 1, per_factor=True)
 _BY_NAME = {
     "none": NONE,
