@@ -5,7 +5,8 @@ away: `optax.chain(natural_gradient(family), optax.sgd(0.1))`. `fit` hands optax
 gradient; the preconditioner is linear, so it commutes with the negation.
 
 The Fisher information is taken in closed form, in the unconstrained parameterisation each family
-uses. A new family type joins by registering `inverse_fisher_product` for its type.
+uses. A new family type joins by registering `inverse_fisher_product` for its type; a numpyro
+exponential family wrapped by `NumpyroFamily` joins with an entry in `_EXPONENTIAL_FAMILIES`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpyro.distributions as dist
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -22,6 +24,7 @@ from bbvi.families import tree
 from bbvi.families.constrained import Constrained
 from bbvi.families.discrete import Bernoulli, Categorical
 from bbvi.families.gaussian import FullRankGaussian, LowRankGaussian, MeanFieldGaussian
+from bbvi.families.numpyro_family import NumpyroFamily
 
 # Eigenvalues below this many (parameters x machine epsilon) of the largest count as zero in the
 # undamped dense solve: numpy's and JAX's `pinv` convention.
@@ -149,6 +152,84 @@ def _(family: Constrained, params, grad, damping=0.0):
     return inverse_fisher_product(family.base, params, grad, damping)
 
 
+_trigamma = functools.partial(jax.scipy.special.polygamma, 1)
+
+
+# Fisher informations of one draw in the constructor arguments (in the order named), as -E[Hessian]
+# of the log-density. For Gamma, Beta, Dirichlet and Exponential the natural parameters are linear in
+# the arguments, so the Hessian is free of x and is minus that of the log-normaliser.
+def _normal_fisher(loc, scale):
+    # Scores (x - loc) / s^2 and ((x - loc)^2 - s^2) / s^3: variances 1 / s^2 and 2 / s^2, uncorrelated.
+    precision = 1.0 / scale**2
+    return jnp.array([[precision, 0.0], [0.0, 2.0 * precision]])
+
+
+def _gamma_fisher(concentration, rate):
+    a, b = concentration, rate  # log p = a log b - lgamma(a) + (a - 1) log x - b x
+    return jnp.array([[_trigamma(a), -1.0 / b], [-1.0 / b, a / b**2]])
+
+
+def _beta_fisher(concentration1, concentration0):
+    both = _trigamma(concentration1 + concentration0)  # from the log Beta function's lgamma(c1 + c0)
+    return jnp.array([[_trigamma(concentration1) - both, -both], [-both, _trigamma(concentration0) - both]])
+
+
+def _dirichlet_fisher(concentration):
+    return jnp.diag(_trigamma(concentration)) - _trigamma(jnp.sum(concentration))
+
+
+def _exponential_fisher(rate):
+    return jnp.reshape(1.0 / rate**2, (1, 1))  # log p = log r - r x
+
+
+# Exact types, not subclasses: a subclass (Chi2 is a Gamma) has its own arguments.
+_EXPONENTIAL_FAMILIES = {
+    dist.Normal: (("loc", "scale"), _normal_fisher),
+    # log x ~ Normal(loc, scale), and a map of x that does not involve the arguments keeps the scores.
+    dist.LogNormal: (("loc", "scale"), _normal_fisher),
+    dist.Gamma: (("concentration", "rate"), _gamma_fisher),
+    dist.Beta: (("concentration1", "concentration0"), _beta_fisher),
+    dist.Dirichlet: (("concentration",), _dirichlet_fisher),
+    dist.Exponential: (("rate",), _exponential_fisher),
+}
+
+
+@inverse_fisher_product.register
+def _(family: NumpyroFamily, params, grad, damping=0.0):
+    # The copies indexed by `shape` are independent, so F is block diagonal: one P x P block per copy
+    # over its own arguments (K x K for a Dirichlet). Each block is the closed-form F_c in the
+    # constrained arguments pulled back to the stored unconstrained ones, F_u = J^T F_c J, with J the
+    # Jacobian of numpyro's `biject_to` maps (exp for positive arguments), and solved on its own.
+    if family.dist_type not in _EXPONENTIAL_FAMILIES:
+        supported = ", ".join(sorted(t.__name__ for t in _EXPONENTIAL_FAMILIES))
+        raise TypeError(
+            f"natural_gradient: no closed-form Fisher information for "
+            f"NumpyroFamily({family.dist_type.__name__}); supported NumpyroFamily distributions "
+            f"(exponential families): {supported}"
+        )
+    names, fisher = _EXPONENTIAL_FAMILIES[family.dist_type]
+    batch = len(family.shape)
+
+    def solve_block(p, g):  # p, g: one copy's parameters and gradient
+        u, unravel = ravel_pytree(p)
+
+        def constrained(u):
+            values = family.constrained_params(unravel(u))
+            return jnp.concatenate([jnp.ravel(values[name]) for name in names])
+
+        values = family.constrained_params(p)
+        jac = jax.jacfwd(constrained)(u)
+        f_u = jac.T @ fisher(*(values[name] for name in names)) @ jac
+        eye = jnp.eye(len(u), dtype=f_u.dtype)
+        return unravel(jnp.linalg.solve(f_u + damping * eye, ravel_pytree(g)[0]))
+
+    def copies(tree):  # the `shape` axes flattened into one, to vmap over
+        return jax.tree.map(lambda x: jnp.reshape(x, (-1, *jnp.shape(x)[batch:])), tree)
+
+    solved = jax.vmap(solve_block)(copies(params), copies(grad))
+    return jax.tree.map(lambda x, p: jnp.reshape(x, jnp.shape(p)), solved, params)
+
+
 def natural_gradient(family, damping: float = 0.0) -> optax.GradientTransformation:
     """An optax transformation that preconditions gradients by the inverse Fisher information of q.
 
@@ -158,7 +239,10 @@ def natural_gradient(family, damping: float = 0.0) -> optax.GradientTransformati
     singular along the shift of all logits, so the minimum-norm (pseudo-inverse) solution is used
     (`g / p`, centred; an exact ELBO gradient has no shift component); the exact Gaussian Fisher for
     `FullRankGaussian` and `LowRankGaussian`, by a dense O(P^3) solve in the P covariance
-    parameters; a `Constrained` family's base. It is stateless and needs `params`.
+    parameters; a `Constrained` family's base; for a `NumpyroFamily` over `Normal`, `LogNormal`,
+    `Gamma`, `Beta`, `Dirichlet` or `Exponential`, the closed-form Fisher information of each
+    independent copy in its constructor arguments, pulled back to the unconstrained parameters by
+    the Jacobian of `biject_to`, one small solve per copy. It is stateless and needs `params`.
 
     Natural gradients rescale by `1 / p` or `sigma^2`: where probabilities saturate or a low-rank
     factor is near zero the undamped step is large, and a small `damping` tames it. With
