@@ -19,6 +19,7 @@ is the estimate:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -141,7 +142,7 @@ def gradient_estimator(
     entropic = [an and not kl for an, kl in zip(entropic, priors.analytic)]
     has_score = not all(pathwise)
     num_leaves = len(leaves)
-    log_s = jnp.log(num_samples)
+    log_s = math.log(num_samples)
 
     def estimate(params, state, key, data=None):
         if needs_data and data is None:
