@@ -100,7 +100,7 @@ def _build(log_joint, family, estimator, objective, num_samples, cv, prior, opti
             updates, opt_state = optimizer.update(descent, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, cv_state, elbos.at[i].set(elbo)
 
-        elbos = jnp.full((chunk,), jnp.nan)
+        elbos = jnp.full((chunk,), jnp.nan, dtype=jnp.result_type(float))
         # A dynamic trip count: every chunk length, the first single step included, shares one program.
         return jax.lax.fori_loop(0, length, step, (params, opt_state, cv_state, elbos))
 
