@@ -152,13 +152,9 @@ def gradient_estimator(
 
         def condition(leaf_params):
             # Amortised leaves map the data to their base family's parameters (differentiably).
-            pairs = [
-                leaf.condition(p, data) if leaf.needs_data else (leaf, p)
-                for leaf, p in zip(leaves, leaf_params)
-            ]
-            conditioned = [f for f, _ in pairs]
+            conditioned, leaf_params = tree.condition_leaves(leaves, leaf_params, data)
             bases, transforms = tree.unconstrained(conditioned)
-            return conditioned, bases, transforms, [p for _, p in pairs]
+            return conditioned, bases, transforms, leaf_params
 
         _, bases, transforms, _ = condition(leaf_params)
 

@@ -99,10 +99,16 @@ def condition(family, params, data):
         if needy:
             raise ValueError(f"the families at {needy} are amortised: pass the data they condition on")
         return family, params
+    conditioned, leaf_params = condition_leaves(leaves, leaf_params, data)
+    return treedef.unflatten(conditioned), treedef.unflatten(leaf_params)
+
+
+def condition_leaves(leaves, leaf_params, data) -> tuple[list[Family], list[Any]]:
+    """`condition` on flat lists: each amortised leaf maps the data to its base family's parameters."""
     pairs = [
         leaf.condition(p, data) if leaf.needs_data else (leaf, p) for leaf, p in zip(leaves, leaf_params)
     ]
-    return treedef.unflatten([f for f, _ in pairs]), treedef.unflatten([p for _, p in pairs])
+    return [f for f, _ in pairs], [p for _, p in pairs]
 
 
 def sample(family, params, key: jax.Array, sample_shape: tuple[int, ...] = (), data=None):
