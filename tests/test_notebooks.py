@@ -4,8 +4,10 @@ Each notebook runs in a fresh `python3` kernel (ipykernel, a test dependency, pr
 interpreter running the tests, so nothing needs installing at run time) from a temporary copy of
 `notebooks/`, so files a notebook writes never land in the repository.
 
-CI can shrink a notebook's settings without editing it: `BBVI_NOTEBOOK_PARAMETERS="NUM_STEPS = 500"`
-runs that code right after the cell tagged `parameters` (the papermill convention).
+Each notebook's `parameters` cell (the papermill convention) holds its full-size settings. A notebook
+whose full run is too long for CI stores smaller ones as code in its metadata,
+`{"bbvi": {"ci_parameters": "NUM_STEPS = 500"}}`, which the test runs right after that cell; then
+`BBVI_NOTEBOOK_PARAMETERS="NUM_STEPS = 200"`, if set, shrinks every notebook further without editing it.
 """
 
 from __future__ import annotations
@@ -57,8 +59,9 @@ def test_notebook_runs(path: Path, tmp_path: Path):
     workdir = tmp_path / NOTEBOOK_DIR.name
     shutil.copytree(NOTEBOOK_DIR, workdir)
     nb = nbformat.read(workdir / path.name, as_version=4)
-    if os.environ.get(PARAMETERS_ENV):
-        _inject_parameters(nb, os.environ[PARAMETERS_ENV])
+    overrides = [nb.metadata.get("bbvi", {}).get("ci_parameters"), os.environ.get(PARAMETERS_ENV)]
+    for source in reversed([o for o in overrides if o]):  # each goes right after `parameters`
+        _inject_parameters(nb, source)
 
     client = nbclient.NotebookClient(
         nb,
