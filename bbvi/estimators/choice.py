@@ -67,6 +67,12 @@ class Estimator:
     def pathwise(self, families, paths) -> list[bool]:
         """For each leaf family, whether its gradient is pathwise (relaxed leaves included)."""
         if self.gradient == "score":
+            points = [p for f, p in zip(families, paths) if f.point_mass]
+            if points:
+                raise ValueError(
+                    f"estimator='score' cannot fit the point masses at {', '.join(points)}: their score is zero, "
+                    "so they would never move; use estimator='auto' (pathwise for them)"
+                )
             return [False] * len(families)
         if self.gradient == "relaxed":
             missing = [

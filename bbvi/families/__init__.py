@@ -9,6 +9,7 @@ from bbvi.families.gaussian import FullRankGaussian, LowRankGaussian, MeanFieldG
 from bbvi.families.markov import MarkovChains
 from bbvi.families.mixture import GaussianMixture
 from bbvi.families.numpyro_family import NumpyroFamily
+from bbvi.families.point_mass import PointMass
 from bbvi.families.tree import condition, entropy, init, log_prob, sample
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "LowRankGaussian",
     "MeanFieldGaussian",
     "OneHotCategorical",
+    "PointMass",
     "condition",
     "entropy",
     "init",

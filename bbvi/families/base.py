@@ -36,6 +36,9 @@ class Family(abc.ABC):
     factor_dims: int | None = None
     #: Whether q depends on data (an amortised family): then `condition` must be called first.
     needs_data: bool = False
+    #: Whether q is a point mass (a parameter fitted as a point estimate): it has no density to
+    #: push through a bijection and a zero score, so only pathwise gradients reach it.
+    point_mass: bool = False
 
     @property
     @abc.abstractmethod

@@ -55,6 +55,12 @@ class Constrained(Family):
             raise TypeError(f"Constrained: base must be a bbvi family, got {self.base!r}")
         if isinstance(self.base, Constrained):
             raise TypeError("Constrained: base is already constrained; compose the supports instead")
+        if self.base.point_mass:
+            raise TypeError(
+                "Constrained: a point mass has no density for the bijection's Jacobian to correct, and "
+                "the Jacobian would bias its fit; fit an unconstrained PointMass and map it onto the "
+                "support in the log-joint (e.g. exp of it for a positive parameter)"
+            )
         if not self.base.reparameterized:
             raise TypeError(f"Constrained: base must be a continuous family, got {type(self.base).__name__}")
         if not isinstance(self.support, Constraint):

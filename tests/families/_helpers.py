@@ -173,6 +173,12 @@ support_points = functools.singledispatch(_no_oracle("support_points"))
 quadrature_grid = functools.singledispatch(_no_oracle("quadrature_grid"))
 
 
+@functools.singledispatch
+def draws_ignore_key(family) -> bool:
+    """Whether a family's draws are the same for every key (a point mass): False unless registered."""
+    return False
+
+
 def has_oracle(oracle, family) -> bool:
     """Whether every leaf of `family` has its own implementation of `oracle`."""
     return all(oracle.dispatch(type(leaf)) is not oracle.dispatch(object) for leaf in family_leaves(family))
