@@ -11,6 +11,19 @@ import numpyro.distributions as dist
 from bbvi.families.base import DistributionFamily, Family, check_shape
 
 
+class _BernoulliLogits(dist.BernoulliLogits):
+    """numpyro's Bernoulli with a log-density whose gradient is right at logits = 0.
+
+    numpyro 0.22 writes it with `clip(logits, 0)`, whose derivative JAX takes as 1 at 0: the
+    gradient there is z instead of z - 1/2. Every Bernoulli family starts at logits = 0, so the
+    score-function gradient of the first steps would be biased wherever the baseline does not cancel it.
+    """
+
+    def log_prob(self, value):
+        value = jnp.asarray(value, dtype=self.logits.dtype)
+        return value * jax.nn.log_sigmoid(self.logits) + (1 - value) * jax.nn.log_sigmoid(-self.logits)
+
+
 @dataclasses.dataclass(frozen=True)
 class Bernoulli(DistributionFamily):
     """Independent Bernoulli latents: q(z) = prod_i p_i^z_i (1 - p_i)^(1 - z_i).
@@ -38,7 +51,7 @@ class Bernoulli(DistributionFamily):
         return {"logits": jnp.zeros(self.shape)}
 
     def distribution(self, params):
-        return dist.Bernoulli(logits=params["logits"]).to_event(len(self.shape))
+        return _BernoulliLogits(logits=params["logits"]).to_event(len(self.shape))
 
     def relaxed_sample(self, params, key, temperature):
         """A draw from the binary concrete relaxation, in (0, 1), differentiable in the logits.
