@@ -231,7 +231,11 @@ def fit(
             `log_joint(z, batch)`, and amortised families condition on the batch.
         batch_size: draw a minibatch of this many data points (without replacement, on device)
             at every step; default: all of `data` every step. The log-joint sees the minibatch
-            and is responsible for its scaling (e.g. by `num_data / batch_size`).
+            and is responsible for its scaling. With global latents only, scale the minibatch's
+            log-likelihood by `num_data / batch_size` (an unbiased ELBO). With amortised latents
+            (one per datum), leave it unscaled: their entropy enters for the batch only, so the
+            objective is then `batch_size / num_data` times the ELBO, with the same optimum;
+            scaling the log-joint alone would fit q to a posterior tempered by that factor.
         init_params: starting parameters (default `bbvi.init(family, key)`).
         init_opt_state: starting optimiser state, to continue an earlier fit.
         init_estimator_state: starting control-variate state, to continue an earlier fit.
