@@ -70,8 +70,8 @@ class Estimator:
             points = [p for f, p in zip(families, paths) if f.point_mass]
             if points:
                 raise ValueError(
-                    f"estimator='score' cannot fit the point masses at {', '.join(points)}: their score is zero, "
-                    "so they would never move; use estimator='auto' (pathwise for them)"
+                    f"estimator='score' cannot fit the point masses at {', '.join(points)}: their score "
+                    "is zero, so they would never move; use estimator='auto' (pathwise for them)"
                 )
             return [False] * len(families)
         if self.gradient == "relaxed":
