@@ -114,6 +114,20 @@ def check_shape(shape: Any, what: str) -> tuple[int, ...]:
     return shape
 
 
+def check_count(owner: str, name: str, value: Any, minimum: int = 1) -> int:
+    """A count argument (chains, states, steps) as an int >= `minimum`, with a clear error otherwise."""
+    # bool is an int subclass, but a count of True is a mistake, not one.
+    if isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value}")
+    return value
+
+
 class DistributionFamily(Family):
     """A family that is a numpyro distribution of its parameters.
 

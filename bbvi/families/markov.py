@@ -9,26 +9,12 @@ those differ from step to step. Sampling, log q and the entropy are exact.
 from __future__ import annotations
 
 import dataclasses
-import operator
 
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from bbvi.families.base import Family
-
-
-def _check_count(name: str, value, minimum: int) -> int:
-    # bool is an int subclass, but MarkovChains(True, ...) is a mistake, not one chain.
-    if isinstance(value, bool):
-        raise TypeError(f"MarkovChains: {name} must be an int >= {minimum}, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"MarkovChains: {name} must be an int >= {minimum}, got {value!r}") from None
-    if value < minimum:
-        raise ValueError(f"MarkovChains: {name} must be an int >= {minimum}, got {value}")
-    return value
+from bbvi.families.base import Family, check_count
 
 
 def _time_major(x):
@@ -73,9 +59,9 @@ class MarkovChains(Family):
     factor_dims = 1
 
     def __post_init__(self):
-        object.__setattr__(self, "num_chains", _check_count("num_chains", self.num_chains, 1))
-        object.__setattr__(self, "length", _check_count("length", self.length, 1))
-        object.__setattr__(self, "num_states", _check_count("num_states", self.num_states, 2))
+        object.__setattr__(self, "num_chains", check_count("MarkovChains", "num_chains", self.num_chains, 1))
+        object.__setattr__(self, "length", check_count("MarkovChains", "length", self.length, 1))
+        object.__setattr__(self, "num_states", check_count("MarkovChains", "num_states", self.num_states, 2))
 
     @property
     def event_shape(self):

@@ -33,7 +33,6 @@ so `control_variate="rao_blackwell"` centres each chain's score by the integrand
 from __future__ import annotations
 
 import functools
-import operator
 from typing import NamedTuple
 
 import jax
@@ -41,6 +40,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 import bbvi
+from bbvi.families.base import check_count
 
 #: The exact reference enumerates L^M joint states (and an L^M x L^M transition matrix); past this, stop.
 MAX_JOINT_STATES = 4096
@@ -98,18 +98,6 @@ def _check(data: Data) -> None:
         raise ValueError(f"factorial_hmm: noise_scale must be positive, got {data.noise_scale!r}")
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"factorial_hmm: {name} must be an int >= {minimum}, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"factorial_hmm: {name} must be an int >= {minimum}, got {value!r}") from None
-    if value < minimum:
-        raise ValueError(f"factorial_hmm: {name} must be an int >= {minimum}, got {value}")
-    return value
-
-
 def simulate(
     seed: int = 0,
     num_chains: int = 3,
@@ -129,10 +117,10 @@ def simulate(
     Returns:
         `Data`, or `(Data, states)` with the true `states` (M, T) when `return_states`.
     """
-    num_chains = _positive_int("num_chains", num_chains)
-    num_states = _positive_int("num_states", num_states, 2)
-    length = _positive_int("length", length)
-    obs_dim = _positive_int("obs_dim", obs_dim)
+    num_chains = check_count("factorial_hmm", "num_chains", num_chains)
+    num_states = check_count("factorial_hmm", "num_states", num_states, 2)
+    length = check_count("factorial_hmm", "length", length)
+    obs_dim = check_count("factorial_hmm", "obs_dim", obs_dim)
     if not 0.0 <= stay_prob <= 1.0:
         raise ValueError(f"factorial_hmm: stay_prob must be in [0, 1], got {stay_prob!r}")
     y, states, initial_probs, transition_probs, means = _simulate(
@@ -323,7 +311,7 @@ def structured_cavi(data: Data, init_params=None, num_sweeps: int = 30) -> CaviR
     uniform chains (`bbvi.init(family(data), key)`); a fixed point may be local, so compare restarts.
     """
     _check(data)
-    num_sweeps = _positive_int("num_sweeps", num_sweeps)
+    num_sweeps = check_count("factorial_hmm", "num_sweeps", num_sweeps)
     chains = family(data)
     params = chains.init(jax.random.key(0)) if init_params is None else init_params
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(float)), params)
