@@ -42,7 +42,7 @@ Example:
 
 from bbvi.models.gaussian_mixture.em import GMM, EMResult, e_step, em, init_gmm, log_likelihood, m_step
 from bbvi.models.gaussian_mixture.mean_field import (
-    CAVIResult,
+    CaviResult,
     MeanField,
     cavi,
     elbo,
@@ -69,7 +69,7 @@ from bbvi.models.gaussian_mixture.model import (
 from bbvi.models.gaussian_mixture.svi import SVIResult, step_sizes, svi
 
 __all__ = [
-    "CAVIResult",
+    "CaviResult",
     "Data",
     "EMResult",
     "GMM",

@@ -25,7 +25,7 @@ class MeanField(NamedTuple):
     phi: jax.Array
 
 
-class CAVIResult(NamedTuple):
+class CaviResult(NamedTuple):
     """CAVI's last iterate `q` and the ELBO after each update, `elbo[t] = (after phi, after mu)`."""
 
     q: MeanField
@@ -110,7 +110,7 @@ def init_mean_field(data: Data, key: jax.Array) -> MeanField:
 
 
 @functools.partial(jax.jit, static_argnames="num_iterations")
-def _cavi(data: Data, q: MeanField, num_iterations: int) -> CAVIResult:
+def _cavi(data: Data, q: MeanField, num_iterations: int) -> CaviResult:
     def sweep(q, _):
         q = update_assignments(data, q)
         after_phi = elbo(data, q)
@@ -118,12 +118,12 @@ def _cavi(data: Data, q: MeanField, num_iterations: int) -> CAVIResult:
         return q, jnp.stack([after_phi, elbo(data, q)])
 
     q, trace = jax.lax.scan(sweep, q, length=num_iterations)
-    return CAVIResult(q, trace)
+    return CaviResult(q, trace)
 
 
 def cavi(
     data: Data, key: jax.Array | None = None, num_iterations: int = 50, init: MeanField | None = None
-) -> CAVIResult:
+) -> CaviResult:
     """Coordinate ascent VI: `num_iterations` sweeps of (phi block, mu block), compiled as one scan.
 
     Each block maximises the ELBO exactly in its own parameters, so the ELBO never decreases; CAVI
@@ -137,7 +137,7 @@ def cavi(
         init: the starting mean field (its phi is overwritten by the first update).
 
     Returns:
-        `CAVIResult(q, elbo)` with `elbo` of shape `(num_iterations, 2)`.
+        `CaviResult(q, elbo)` with `elbo` of shape `(num_iterations, 2)`.
 
     Example:
         >>> import jax, jax.numpy as jnp
