@@ -31,6 +31,7 @@ from bbvi.families import (
 from bbvi.fisher import natural_gradient
 from bbvi.fit import FitResult, fit
 from bbvi.objectives import ELBO, IWAE, Objective, Renyi
+from bbvi.subsampled import Subsampled
 
 __version__ = "0.1.0"
 
@@ -60,6 +61,7 @@ __all__ = [
     "OneHotCategorical",
     "PointMass",
     "Renyi",
+    "Subsampled",
     "elbo_value_and_grad",
     "gradient_estimator",
     "entropy",

@@ -19,6 +19,7 @@ is the estimate:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -31,6 +32,7 @@ from bbvi import control_variates, objectives
 from bbvi.estimators import choice, prior_terms
 from bbvi.families import tree
 from bbvi.families.base import Family
+from bbvi.subsampled import Subsampled, num_rows
 
 stop = jax.lax.stop_gradient
 
@@ -51,25 +53,48 @@ def _describe(z) -> str:
     return str(jax.tree.map(lambda x: f"{jnp.result_type(x)}{list(jnp.shape(x))}", z))
 
 
-def call_log_joint(log_joint: Callable, z, *data) -> jax.Array:
+def call_log_joint(log_joint: Callable, z, *data, name: str = "log_joint") -> jax.Array:
     """`log_joint(z[, data])`, with clear errors for a failing call or a non-scalar, non-float result."""
     try:
         value = log_joint(z, *data)
     except Exception as err:
         # A note keeps the user's own exception, type and traceback, and says what it was given.
         err.add_note(
-            f"bbvi: log_joint failed on latents {_describe(z)} (the structure, dtypes and shapes the "
+            f"bbvi: {name} failed on latents {_describe(z)} (the structure, dtypes and shapes the "
             "family draws); check that the family matches what the log-joint reads"
         )
         raise
     if jnp.shape(value) != ():
         raise ValueError(
-            f"log_joint must return a scalar, but returned shape {jnp.shape(value)} for latents "
+            f"{name} must return a scalar, but returned shape {jnp.shape(value)} for latents "
             f"{_describe(z)}; sum the log-density over data points and latents"
         )
     if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
-        raise TypeError(f"log_joint must return a float, but returned {jnp.result_type(value)}")
+        raise TypeError(f"{name} must return a float, but returned {jnp.result_type(value)}")
     return value
+
+
+def check_sample_chunk_size(chunk) -> int | None:
+    if chunk is None:
+        return None
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"sample_chunk_size must be a positive int or None, got {chunk!r}")
+    return int(chunk)
+
+
+def _check_subsampled(model, prior):
+    if model.num_data is None:
+        raise ValueError(
+            "Subsampled: num_data (the number of data points N) is not set; bbvi.fit sets it from "
+            "its data, elsewhere pass Subsampled(..., num_data=N)"
+        )
+    if prior is not None:
+        raise ValueError("a Subsampled model carries its own log_prior: pass prior=None")
+
+
+def _weighted(weight, x):
+    """`weight * x`, leaving `x` untouched (no multiply in the program) when the weight is 1."""
+    return x if weight == 1.0 else weight * x
 
 
 def check_num_samples(num_samples) -> int:
@@ -115,6 +140,7 @@ def gradient_estimator(
     num_samples: int = 8,
     control_variate="auto",
     prior=None,
+    sample_chunk_size: int | None = None,
 ) -> GradientEstimator:
     """A `GradientEstimator(init, estimate)` for a variational objective; see `elbo_value_and_grad`.
 
@@ -124,14 +150,19 @@ def gradient_estimator(
     objective = objectives.resolve(objective)
     num_samples = check_num_samples(num_samples)
     cv = control_variates.resolve(control_variate, num_samples)
-    if not callable(log_joint):
+    chunk = check_sample_chunk_size(sample_chunk_size)
+    model = log_joint if isinstance(log_joint, Subsampled) else None
+    if model is not None:
+        _check_subsampled(model, prior)
+    elif not callable(log_joint):
         raise TypeError(f"log_joint must be callable, got {log_joint!r}")
 
     leaves, treedef = tree.flatten(family)
     paths = tree.leaf_paths(family)
     relaxed = estimator.relaxed(leaves)
     pathwise = estimator.pathwise(leaves, paths)
-    needs_data = any(leaf.needs_data for leaf in leaves)
+    local = [leaf.needs_data for leaf in leaves]  # amortised leaves: one latent per data point
+    needs_data = any(local)
     static_bases, _ = tree.unconstrained(leaves)
     _check_options(estimator, objective, cv, num_samples, static_bases, paths, pathwise)
     priors = prior_terms.PriorTerms(prior, treedef, leaves, paths, estimator, objective)
@@ -147,7 +178,16 @@ def gradient_estimator(
     def estimate(params, state, key, data=None):
         if needs_data and data is None:
             raise ValueError("the family is amortised (it needs data): pass data (fit(..., data=...))")
+        if model is not None and data is None:
+            raise ValueError("a Subsampled model needs data: pass data (fit(..., data=...))")
         extra = () if data is None else (data,)
+        # Stochastic VI: every per-datum term of a minibatch (likelihood, local log q) scaled by N / B.
+        scale = 1.0 if model is None else model.num_data / num_rows(data)
+        if scale != 1.0 and not objective.linear:
+            raise ValueError(
+                f"a subsampled likelihood gives an unbiased estimate of the ELBO only, not of {objective}"
+            )
+        weights = [scale if is_local else 1.0 for is_local in local]
         leaf_params = tree.split_params(family, params)
 
         def condition(leaf_params):
@@ -158,11 +198,19 @@ def gradient_estimator(
 
         _, bases, transforms, _ = condition(leaf_params)
 
+        def log_model(z):
+            if model is None:
+                return call_log_joint(log_joint, z, *extra)
+            likelihood = functools.partial(model.batch_log_likelihood, local=treedef.unflatten(local))
+            return call_log_joint(model.log_prior, z, name="log_prior") + _weighted(
+                scale, call_log_joint(likelihood, z, data, name="log_likelihood")
+            )
+
         def log_density(u_leaves):
             # The log-joint pulled back to unconstrained space (the objective is invariant under it).
-            z_leaves, log_det = tree.to_constrained(transforms, u_leaves)
+            z_leaves, log_det = tree.to_constrained(transforms, u_leaves, weights)
             z = treedef.unflatten(z_leaves)
-            return call_log_joint(log_joint, z, *extra) + log_det + priors.log_prob(z_leaves)
+            return log_model(z) + log_det + priors.log_prob(z_leaves)
 
         def draw_score_leaves(lp, key):
             """The score-function leaves' draws, held fixed: their gradients come from the score."""
@@ -178,7 +226,9 @@ def gradient_estimator(
             """One sample's points: each leaf's draws (a leading point axis), log-masses and log q."""
             keys = jax.random.split(key, num_leaves)
             draws, masses, log_q_path = [], [], []
-            for b, p, k, x, pw, an, rl in zip(bases, lp, keys, fixed, pathwise, analytic, relaxed):
+            for b, p, k, x, pw, an, rl, w in zip(
+                bases, lp, keys, fixed, pathwise, analytic, relaxed, weights
+            ):
                 q = stop(p) if estimator.path_derivative else p
                 if rl:
                     x, lq, m = b.relaxed_sample(p, k, estimator.temperature)[None], jnp.zeros(1), jnp.zeros(1)
@@ -197,7 +247,7 @@ def gradient_estimator(
                     x, lq, m = x[None], jnp.zeros(1), jnp.zeros(1)
                 draws.append(x)
                 masses.append(m)
-                log_q_path.append(lq)
+                log_q_path.append(_weighted(w, lq))
             counts = tuple(m.shape[0] for m in masses)
             if max(counts) > 1:  # the product of the leaves' points (a leaf is stratified)
                 grid = np.indices(counts).reshape(num_leaves, -1)
@@ -209,8 +259,8 @@ def gradient_estimator(
         def score_part(lp, fixed):
             """`-log q` of the score leaves (Monte Carlo entropy); live for non-linear objectives."""
             terms = [
-                b.log_prob(p, x)
-                for b, p, x, pw, an in zip(bases, lp, fixed, pathwise, analytic)
+                _weighted(w, b.log_prob(p, x))
+                for b, p, x, pw, an, w in zip(bases, lp, fixed, pathwise, analytic, weights)
                 if not (pw or an)
             ]
             value = -sum(terms) if terms else 0.0
@@ -223,11 +273,13 @@ def gradient_estimator(
 
         def surrogate(leaf_params, keys, fixed, state):
             conditioned, _, _, lp = condition(leaf_params)
-            path_part, log_mass, s_part, log_q = jax.vmap(sample_terms, (None, 0, 0))(lp, keys, fixed)
+            path_part, log_mass, s_part, log_q = over_samples(sample_terms, lp, keys, fixed)
             log_mass = log_mass - log_s
             log_w = path_part + s_part[:, None]
             closed_form = priors.closed_form(conditioned, lp)
-            closed_form += sum(b.entropy(p) for b, p, an in zip(bases, lp, entropic) if an)
+            closed_form += sum(
+                _weighted(w, b.entropy(p)) for b, p, an, w in zip(bases, lp, entropic, weights) if an
+            )
             value = objective(log_w, log_mass) + closed_form
             coef = jax.grad(objective)(stop(log_w), stop(log_mass))
             path_coef = (
@@ -241,6 +293,17 @@ def gradient_estimator(
             if has_score and not cv.needs_scores:
                 out += score_surrogate(lp, values, value, log_w, log_mass, log_q, fixed, keys, state)
             return out, (value, stop(values), stop(signal))
+
+        def over_samples(fn, lp, keys, fixed):
+            """`fn(lp, key, fixed)` for every sample: vectorised, or `chunk` samples at a time.
+
+            In chunks, each chunk's intermediates are recomputed in the backward pass
+            (`jax.checkpoint`) rather than kept, so memory holds one chunk's, not all `S` samples'.
+            """
+            if chunk is None or chunk >= num_samples:
+                return jax.vmap(fn, (None, 0, 0))(lp, keys, fixed)
+            one = jax.checkpoint(lambda key_and_fixed: fn(lp, *key_and_fixed))
+            return jax.lax.map(one, (keys, fixed), batch_size=chunk)
 
         def score_surrogate(lp, values, value, log_w, log_mass, log_q, fixed, keys, state):
             values = stop(values)
@@ -334,6 +397,7 @@ def elbo_value_and_grad(
     num_samples: int = 8,
     control_variate="auto",
     prior=None,
+    sample_chunk_size: int | None = None,
 ) -> Callable:
     """A pure function `(params, key[, data]) -> (value, grad)`: a Monte Carlo objective and its gradient.
 
@@ -345,7 +409,8 @@ def elbo_value_and_grad(
         log_joint: `z -> scalar`, the model's log-density (data closed over), `z` a pytree of
             latents matching `family`, each leaf on its family's support. When data are passed
             to the returned function, `log_joint(z, data)`. With `prior` given, the
-            log-likelihood only.
+            log-likelihood only. A `bbvi.Subsampled` model (log-prior plus likelihood, with its
+            `num_data` set) gives the minibatch estimate with per-datum terms scaled by N / B.
         family: a family or a dict / tuple / list of families.
         estimator: `"reparam"`, `"score"`, `"auto"`, `"relaxed"` or an `Estimator` (e.g.
             `bbvi.Estimator("reparam", entropy="stl")` for sticking the landing).
@@ -361,6 +426,9 @@ def elbo_value_and_grad(
             `None`): then `log_joint` is the log-likelihood, and the KL from q to the prior is
             taken in closed form (numpyro's `kl_divergence`) where one exists and the entropy
             mode is `"analytic"`, by Monte Carlo otherwise.
+        sample_chunk_size: evaluate the samples this many at a time (`jax.lax.map`), recomputing
+            each chunk in the backward pass, so memory holds one chunk's intermediates rather than
+            all `num_samples`'; default all at once (`jax.vmap`, fastest). The estimate is the same.
 
     Example:
         >>> import jax, jax.numpy as jnp, bbvi
@@ -384,6 +452,7 @@ def elbo_value_and_grad(
         num_samples=num_samples,
         control_variate=cv,
         prior=prior,
+        sample_chunk_size=sample_chunk_size,
     )
 
     def value_and_grad(params, key, data=None) -> tuple[jax.Array, Any]:

@@ -180,14 +180,19 @@ def unconstrained(family):
     return [base for base, _ in pairs], [t for _, t in pairs]
 
 
-def to_constrained(transforms, u_leaves):
-    """Push unconstrained draws onto their supports: `(z_leaves, log|det J|)`."""
+def to_constrained(transforms, u_leaves, weights=None):
+    """Push unconstrained draws onto their supports: `(z_leaves, log|det J|)`.
+
+    `weights` (one per leaf, default 1) scale each leaf's log-determinant, as a minibatch's
+    per-datum terms are scaled in stochastic VI.
+    """
+    weights = [1.0] * len(u_leaves) if weights is None else weights
     z_leaves, log_det = [], 0.0
-    for t, u in zip(transforms, u_leaves):
+    for t, u, w in zip(transforms, u_leaves, weights):
         if t is None:
             z_leaves.append(u)
         else:
             z = t(u)
-            log_det = log_det + jnp.sum(t.log_abs_det_jacobian(u, z))
+            log_det = log_det + w * jnp.sum(t.log_abs_det_jacobian(u, z))
             z_leaves.append(z)
     return z_leaves, log_det
