@@ -28,8 +28,9 @@ with warnings.catch_warnings():
 
 from bbvi import control_variates, objectives
 from bbvi.estimators import choice
-from bbvi.estimators.elbo import check_num_samples, gradient_estimator
+from bbvi.estimators.elbo import check_num_samples, check_sample_chunk_size, gradient_estimator
 from bbvi.families import tree
+from bbvi.subsampled import Subsampled
 
 #: Adam with step size 1e-2: robust across scales since it normalises gradient magnitudes.
 #: A module-level instance, so repeated fits with the default reuse the compiled program.
@@ -75,7 +76,19 @@ class FitResult:
         return tree.sample(self.family, self.params, key, (n,), data=data)
 
 
-def _build(log_joint, family, estimator, objective, num_samples, cv, prior, optimizer, batch_size, chunk):
+def _build(
+    log_joint,
+    family,
+    estimator,
+    objective,
+    num_samples,
+    cv,
+    prior,
+    sample_chunk,
+    optimizer,
+    batch_size,
+    chunk,
+):
     """The jitted chunk `(params, opt_state, cv_state, key, start, length, data) -> (..., elbos)`."""
     estimate = gradient_estimator(
         log_joint,
@@ -85,6 +98,7 @@ def _build(log_joint, family, estimator, objective, num_samples, cv, prior, opti
         num_samples=num_samples,
         control_variate=cv,
         prior=prior,
+        sample_chunk_size=sample_chunk,
     ).estimate
 
     def run_chunk(params, opt_state, cv_state, key, start, length, data):
@@ -136,6 +150,20 @@ def _check_data(data, batch_size):
             )
         batch_size = int(batch_size)
     return data, batch_size
+
+
+def _check_model(log_joint, data):
+    """A `Subsampled` model learns its number of data points from `data`."""
+    if not isinstance(log_joint, Subsampled):
+        if not callable(log_joint):
+            raise TypeError(f"log_joint must be callable or a bbvi.Subsampled model, got {log_joint!r}")
+        return log_joint
+    if data is None:
+        raise ValueError("a Subsampled model needs its data: pass fit(..., data=...)")
+    num_data = jax.tree.leaves(data)[0].shape[0]
+    if log_joint.num_data not in (None, num_data):
+        raise ValueError(f"Subsampled: num_data is {log_joint.num_data} but data has {num_data} rows")
+    return dataclasses.replace(log_joint, num_data=num_data)
 
 
 @functools.lru_cache(maxsize=32)
@@ -204,6 +232,7 @@ def fit(
     prior=None,
     data=None,
     batch_size: int | None = None,
+    sample_chunk_size: int | None = None,
     init_params=None,
     init_opt_state=None,
     init_estimator_state=None,
@@ -213,7 +242,8 @@ def fit(
 
     Args:
         log_joint: `z -> scalar`, the model's log-density with the data closed over; `z` is a
-            pytree of latents matching `family`.
+            pytree of latents matching `family`. Or a `bbvi.Subsampled` model (a log-prior and a
+            likelihood over `data`), for stochastic VI on minibatches.
         family: a family or a dict / tuple / list of families.
         key: a PRNG key; the same key gives the same result.
         num_steps: optimisation steps (a Python int).
@@ -230,12 +260,18 @@ def fit(
         data: a pytree of arrays with a leading axis of data points. The log-joint is then called
             `log_joint(z, batch)`, and amortised families condition on the batch.
         batch_size: draw a minibatch of this many data points (without replacement, on device)
-            at every step; default: all of `data` every step. The log-joint sees the minibatch
-            and is responsible for its scaling. With global latents only, scale the minibatch's
-            log-likelihood by `num_data / batch_size` (an unbiased ELBO). With amortised latents
-            (one per datum), leave it unscaled: their entropy enters for the batch only, so the
+            at every step; default: all of `data` every step. A `bbvi.Subsampled` model is scaled
+            by bbvi: its likelihood and its amortised (local) latents' log q by
+            `num_data / batch_size`, an unbiased ELBO with global and local latents alike. A plain
+            log-joint sees the minibatch and is responsible for its scaling. With global latents
+            only, scale the minibatch's log-likelihood by `num_data / batch_size`. With amortised
+            latents only, leave it unscaled: their entropy enters for the batch only, so the
             objective is then `batch_size / num_data` times the ELBO, with the same optimum;
-            scaling the log-joint alone would fit q to a posterior tempered by that factor.
+            scaling the log-joint alone would fit q to a posterior tempered by that factor. With
+            both, use `bbvi.Subsampled`.
+        sample_chunk_size: evaluate the Monte Carlo samples this many at a time (`jax.lax.map`,
+            recomputed in the backward pass), so that memory holds one chunk's intermediates, not
+            `num_samples`'; default all at once, the fastest. The result is the same.
         init_params: starting parameters (default `bbvi.init(family, key)`).
         init_opt_state: starting optimiser state, to continue an earlier fit.
         init_estimator_state: starting control-variate state, to continue an earlier fit.
@@ -271,7 +307,9 @@ def fit(
     cv = control_variates.resolve(control_variate, num_samples)
     tree.flatten(family)  # a clear error for anything that is not a family
     data, batch_size = _check_data(data, batch_size)
-    options = (estimator, objective, num_samples, cv, prior, optimizer, batch_size)
+    log_joint = _check_model(log_joint, data)
+    sample_chunk = check_sample_chunk_size(sample_chunk_size)
+    options = (estimator, objective, num_samples, cv, prior, sample_chunk, optimizer, batch_size)
 
     init_key, run_key = jax.random.split(key)
     if init_params is None:
