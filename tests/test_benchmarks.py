@@ -19,10 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_overhead_quick_runs_and_writes_json(tmp_path):
-    # A fresh process, as a user runs it: its compile caches and timings start cold.
+    # Through the suite's entry point, which runs it in a fresh process, as a user runs it: its
+    # compile caches and timings start cold.
     out = tmp_path / "overhead.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.overhead", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks", "overhead", "--quick", "--out", str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -130,3 +131,17 @@ def test_estimators_quick_runs_and_writes_table_json_and_plot(tmp_path):
     assert _clearly_below(
         continuous["reparam/analytic"]["variance"]["init"], continuous["score/loo"]["variance"]["init"]
     )
+
+
+def test_entry_point_lists_the_benchmarks_and_refuses_unknown_names():
+    help_text = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert help_text.returncode == 0
+    for name in ("compare", "accuracy", "scale", "overhead", "estimators"):
+        assert name in help_text.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "nonesuch"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "unknown benchmark(s) ['nonesuch']" in proc.stderr
