@@ -123,9 +123,43 @@ def _build(
 
 def _minibatch(data, key, batch_size):
     """`batch_size` rows drawn without replacement, on device, from every leaf of `data`."""
-    num_rows = jax.tree.leaves(data)[0].shape[0]
-    rows = jax.random.choice(key, num_rows, (batch_size,), replace=False)
+    rows = sample_rows(key, jax.tree.leaves(data)[0].shape[0], batch_size)
     return jax.tree.map(lambda x: x[rows], data)
+
+
+def sample_rows(key, num_rows: int, batch_size: int) -> jax.Array:
+    """`batch_size` distinct rows of `num_rows`, uniformly without replacement, in O(B log B).
+
+    `jax.random.choice(replace=False)` permutes all N rows (a sort, O(N log N)) to keep B of them:
+    seconds per step at N = 10^7. Here: draw 2B rows with replacement and keep the first B distinct
+    ones in draw order. Drawing until B distinct rows are seen is sequential sampling without
+    replacement, so the result is uniform over ordered B-subsets; and since the event "fewer than B
+    distinct among 2B" treats every row alike, retrying in that case (a while loop) keeps it so.
+    With N > 4B, 2B draws hold about 1.6B distinct rows: the retry essentially never runs. Small N,
+    where the permutation is cheap, uses `choice`.
+    """
+    if num_rows <= 4 * batch_size:
+        return jax.random.choice(key, num_rows, (batch_size,), replace=False)
+    draws = 2 * batch_size
+
+    def attempt(key):
+        rows = jax.random.randint(key, (draws,), 0, num_rows)
+        order = jnp.argsort(rows, stable=True)  # stable: a row's first draw comes first
+        ordered = rows[order]
+        first_sorted = jnp.concatenate([jnp.ones(1, bool), ordered[1:] != ordered[:-1]])
+        first = jnp.zeros(draws, bool).at[order].set(first_sorted)  # back in draw order
+        slot = jnp.where(first, jnp.cumsum(first) - 1, draws)  # rank among the distinct draws
+        kept = jnp.zeros(batch_size, rows.dtype).at[slot].set(rows, mode="drop")
+        return kept, jnp.sum(first) >= batch_size
+
+    def retry(carry):
+        key, _, _ = carry
+        key, sub = jax.random.split(key)
+        return (key, *attempt(sub))
+
+    key, sub = jax.random.split(key)
+    _, rows, _ = jax.lax.while_loop(lambda carry: ~carry[2], retry, (key, *attempt(sub)))
+    return rows
 
 
 def _check_data(data, batch_size):
@@ -336,7 +370,8 @@ def fit(
     # shares the loop's compiled program and its work is kept. Shape and structure errors surface
     # earlier still, when the program is traced.
     *state, elbos = run_chunk(*state, run_key, 0, 1, data)
-    _check_finite_start(elbos[0], state[0], relaxed=estimator.gradient == "relaxed")
+    if not _all_finite(elbos[0], state[0]):  # one boolean to the host, not the parameters
+        _explain_non_finite_start(elbos[0], state[0], relaxed=estimator.gradient == "relaxed")
     traces = [(elbos, 1)]
     with tqdm(total=num_steps, disable=not progress_bar, desc="fit", unit="step", dynamic_ncols=True) as bar:
         for start in range(1, num_steps, chunk):
@@ -357,7 +392,15 @@ def _result(family, state, elbo) -> FitResult:
     return FitResult(params=params, opt_state=opt_state, elbo=elbo, family=family, estimator_state=cv_state)
 
 
-def _check_finite_start(elbo, params, relaxed=False):
+@jax.jit
+def _all_finite(elbo, params) -> jax.Array:
+    return jnp.isfinite(elbo) & jnp.all(
+        jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)])
+    )
+
+
+def _explain_non_finite_start(elbo, params, relaxed=False):
+    """Raise the error that says what is not finite after the first step."""
     if not np.isfinite(elbo):
         hint = (
             "; with estimator 'relaxed' the log-joint sees relaxed values between 0 and 1 (numpyro's "

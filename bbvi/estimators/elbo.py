@@ -92,6 +92,17 @@ def _check_subsampled(model, prior):
         raise ValueError("a Subsampled model carries its own log_prior: pass prior=None")
 
 
+def sample_keys(key, num_samples: int, num_leaves: int):
+    """One key per sample and leaf family, shape `(num_samples, num_leaves)`, from one split.
+
+    A single split is one random-number call per step; on CPU each call is a small loop, which
+    dominates the step of a tiny model. With one sample and one leaf the key is used as it is.
+    """
+    if num_samples * num_leaves == 1:
+        return key[None, None]
+    return jax.random.split(key, (num_samples, num_leaves))
+
+
 def _weighted(weight, x):
     """`weight * x`, leaving `x` untouched (no multiply in the program) when the weight is 1."""
     return x if weight == 1.0 else weight * x
@@ -166,9 +177,9 @@ def gradient_estimator(
     static_bases, _ = tree.unconstrained(leaves)
     _check_options(estimator, objective, cv, num_samples, static_bases, paths, pathwise)
     priors = prior_terms.PriorTerms(prior, treedef, leaves, paths, estimator, objective)
-    # Leaves whose log q enters in closed form, not by Monte Carlo: through their entropy, or with
-    # their prior through a closed-form KL.
-    entropic = estimator.analytic_entropy(leaves, pathwise, objective.linear)
+    # Leaves whose log q enters in closed form, not by Monte Carlo: through their entropy (of the
+    # unconstrained base, for a Constrained leaf), or with their prior through a closed-form KL.
+    entropic = estimator.analytic_entropy(static_bases, pathwise, objective.linear)
     analytic = [an or kl for an, kl in zip(entropic, priors.analytic)]
     entropic = [an and not kl for an, kl in zip(entropic, priors.analytic)]
     has_score = not all(pathwise)
@@ -212,9 +223,8 @@ def gradient_estimator(
             z = treedef.unflatten(z_leaves)
             return log_model(z) + log_det + priors.log_prob(z_leaves)
 
-        def draw_score_leaves(lp, key):
+        def draw_score_leaves(lp, keys):
             """The score-function leaves' draws, held fixed: their gradients come from the score."""
-            keys = jax.random.split(key, num_leaves)
             return [
                 None if pw else stop(b.sample(stop(p), k)) for b, p, k, pw in zip(bases, lp, keys, pathwise)
             ]
@@ -222,9 +232,8 @@ def gradient_estimator(
         def score_log_q(lp, fixed):
             return sum(b.log_prob(p, x) for b, p, x, pw in zip(bases, lp, fixed, pathwise) if not pw)
 
-        def points(lp, key, fixed):
+        def points(lp, keys, fixed):
             """One sample's points: each leaf's draws (a leading point axis), log-masses and log q."""
-            keys = jax.random.split(key, num_leaves)
             draws, masses, log_q_path = [], [], []
             for b, p, k, x, pw, an, rl, w in zip(
                 bases, lp, keys, fixed, pathwise, analytic, relaxed, weights
@@ -266,14 +275,14 @@ def gradient_estimator(
             value = -sum(terms) if terms else 0.0
             return value if not objective.linear else stop(value)
 
-        def sample_terms(lp, key, fixed):
-            draws, log_mass, log_q_path = points(lp, key, fixed)
+        def sample_terms(lp, keys, fixed):
+            draws, log_mass, log_q_path = points(lp, keys, fixed)
             path_part = jax.vmap(log_density)(draws) - log_q_path
             return path_part, log_mass, score_part(lp, fixed), score_log_q(lp, fixed)
 
         def surrogate(leaf_params, keys, fixed, state):
             conditioned, _, _, lp = condition(leaf_params)
-            path_part, log_mass, s_part, log_q = over_samples(sample_terms, lp, keys, fixed)
+            path_part, log_mass, s_part, log_q = over_samples(sample_terms, lp, keys[:, :num_leaves], fixed)
             log_mass = log_mass - log_s
             log_w = path_part + s_part[:, None]
             closed_form = priors.closed_form(conditioned, lp)
@@ -333,9 +342,9 @@ def gradient_estimator(
 
         def rao_blackwell(lp, values, fixed, keys):
             """Per factor of each mean-field score leaf, a baseline with that factor redrawn."""
-            redrawn = jax.vmap(draw_score_leaves, (None, 0))(
-                lp, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-            )
+            # The redraws take the second half of each sample's keys: independent of the draws.
+            keys, redraw_keys = keys[:, :num_leaves], keys[:, num_leaves:]
+            redrawn = jax.vmap(draw_score_leaves, (None, 0))(lp, redraw_keys)
             out = 0.0
             for i, (b, p, pw) in enumerate(zip(bases, lp, pathwise)):
                 if pw:
@@ -367,10 +376,11 @@ def gradient_estimator(
                 )
             return out
 
-        keys = jax.random.split(key, num_samples)
+        # One key per sample and leaf; Rao-Blackwellisation redraws each leaf with a second one.
+        keys = sample_keys(key, num_samples, num_leaves * (2 if cv.per_factor else 1))
         # Every sample is drawn once; score-function leaves outside the differentiated function.
         _, _, _, lp0 = condition(leaf_params)
-        fixed = jax.vmap(draw_score_leaves, in_axes=(None, 0))(lp0, keys)
+        fixed = jax.vmap(draw_score_leaves, in_axes=(None, 0))(lp0, keys[:, :num_leaves])
         grad_fn = jax.value_and_grad(surrogate, has_aux=True)
         (_, (value, values, signal)), grads = grad_fn(leaf_params, keys, fixed, state)
         if has_score and cv.needs_scores:

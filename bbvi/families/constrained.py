@@ -48,7 +48,9 @@ class Constrained(Family):
     base: Family
     support: Constraint
 
-    has_entropy = False  # the pushed-forward entropy has no closed form; the ELBO never needs it
+    # The pushed-forward entropy has no closed form. The ELBO does not need it: estimators work in
+    # unconstrained space, with the base's entropy and the log-Jacobian in the log-density.
+    has_entropy = False
 
     def __post_init__(self):
         if not isinstance(self.base, Family):

@@ -13,6 +13,9 @@ from numpyro.distributions.transforms import biject_to
 
 from bbvi.families.base import DistributionFamily, check_shape
 
+#: The entropy of N(0, 1), per coordinate.
+_NORMAL_ENTROPY = 0.5 * (1.0 + math.log(2.0 * math.pi))
+
 # Locations start uniform in [-1, 1] (symmetry breaking for mixtures, as NumPyro's and Stan's
 # random inits do) and scales at 0.1: narrow enough that the first gradients are not swamped by
 # sampling noise, wide enough that Adam reaches typical posterior widths in a few hundred steps.
@@ -85,6 +88,11 @@ class MeanFieldGaussian(DistributionFamily):
     def distribution(self, params):
         base = dist.Normal(params["loc"], jnp.exp(params["log_scale"]))
         return base.to_event(len(self.shape))
+
+    def entropy(self, params):
+        # numpyro's equals this, but through log(exp(log_scale)): extra work per step and per
+        # coordinate, in the forward and the backward pass, that the closed form in log_scale avoids.
+        return jnp.sum(params["log_scale"]) + math.prod(self.shape) * _NORMAL_ENTROPY
 
 
 @dataclasses.dataclass(frozen=True)
