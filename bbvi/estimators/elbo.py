@@ -92,15 +92,15 @@ def _check_subsampled(model, prior):
         raise ValueError("a Subsampled model carries its own log_prior: pass prior=None")
 
 
-def sample_keys(key, num_samples: int, num_leaves: int):
-    """One key per sample and leaf family, shape `(num_samples, num_leaves)`, from one split.
+def sample_keys(key, num_samples: int, num_slots: int):
+    """`num_slots` keys per sample, shape `(num_samples, num_slots)`, from one split.
 
     A single split is one random-number call per step; on CPU each call is a small loop, which
-    dominates the step of a tiny model. With one sample and one leaf the key is used as it is.
+    dominates the step of a tiny model. With one sample and one slot the key is used as it is.
     """
-    if num_samples * num_leaves == 1:
+    if num_samples * num_slots == 1:
         return key[None, None]
-    return jax.random.split(key, (num_samples, num_leaves))
+    return jax.random.split(key, (num_samples, num_slots))
 
 
 def _weighted(weight, x):
@@ -185,6 +185,17 @@ def gradient_estimator(
     has_score = not all(pathwise)
     num_leaves = len(leaves)
     log_s = math.log(num_samples)
+    # Pathwise leaves drawn from standard-normal noise share one draw of it per sample; every other
+    # leaf has a key of its own. `slots[i]` is leaf i's key among a sample's `num_slots` keys.
+    noisy = [
+        pw and not rl and not _is_stratified(b) and b.noise_shape is not None
+        for b, pw, rl in zip(static_bases, pathwise, relaxed)
+    ]
+    noise_shapes = [b.noise_shape if n else () for b, n in zip(static_bases, noisy)]
+    noise_ends = np.cumsum([math.prod(shape) if n else 0 for shape, n in zip(noise_shapes, noisy)])
+    own_slots = iter(range(1 if any(noisy) else 0, num_leaves + 1))
+    slots = [0 if n else next(own_slots) for n in noisy]
+    num_slots = max(slots) + 1
 
     def estimate(params, state, key, data=None):
         if needs_data and data is None:
@@ -226,7 +237,18 @@ def gradient_estimator(
         def draw_score_leaves(lp, keys):
             """The score-function leaves' draws, held fixed: their gradients come from the score."""
             return [
-                None if pw else stop(b.sample(stop(p), k)) for b, p, k, pw in zip(bases, lp, keys, pathwise)
+                None if pw else stop(b.sample(stop(p), keys[i]))
+                for b, p, i, pw in zip(bases, lp, slots, pathwise)
+            ]
+
+        def shared_noise(key):
+            """The standard-normal noise of every noise-drawn leaf of a sample, in one draw."""
+            if not any(noisy):
+                return [None] * num_leaves
+            flat = jax.random.normal(key, (int(noise_ends[-1]),), jnp.result_type(float))
+            pieces = jnp.split(flat, noise_ends[:-1])
+            return [
+                piece.reshape(shape) if n else None for piece, shape, n in zip(pieces, noise_shapes, noisy)
             ]
 
         def score_log_q(lp, fixed):
@@ -235,19 +257,22 @@ def gradient_estimator(
         def points(lp, keys, fixed):
             """One sample's points: each leaf's draws (a leading point axis), log-masses and log q."""
             draws, masses, log_q_path = [], [], []
-            for b, p, k, x, pw, an, rl, w in zip(
-                bases, lp, keys, fixed, pathwise, analytic, relaxed, weights
+            noise = shared_noise(keys[0])
+            for b, p, i, x, pw, an, rl, w, eps in zip(
+                bases, lp, slots, fixed, pathwise, analytic, relaxed, weights, noise
             ):
                 q = stop(p) if estimator.path_derivative else p
+                k = keys[i]
                 if rl:
                     x, lq, m = b.relaxed_sample(p, k, estimator.temperature)[None], jnp.zeros(1), jnp.zeros(1)
                 elif pw and _is_stratified(b):
                     x, m = b.stratified_sample(p, k)
                     lq = jnp.zeros_like(m) if an else jax.vmap(b.log_prob, (None, 0))(q, x)
                 elif pw and an:
-                    x, lq, m = b.sample(p, k)[None], jnp.zeros(1), jnp.zeros(1)
-                elif pw and estimator.path_derivative:
-                    x = b.sample(p, k)
+                    x = b.sample(p, k) if eps is None else b.from_noise(p, eps)
+                    x, lq, m = x[None], jnp.zeros(1), jnp.zeros(1)
+                elif pw and (estimator.path_derivative or eps is not None):
+                    x = b.sample(p, k) if eps is None else b.from_noise(p, eps)
                     x, lq, m = x[None], b.log_prob(q, x)[None], jnp.zeros(1)
                 elif pw:
                     x, lq = b.sample_and_log_prob(p, k)
@@ -282,7 +307,7 @@ def gradient_estimator(
 
         def surrogate(leaf_params, keys, fixed, state):
             conditioned, _, _, lp = condition(leaf_params)
-            path_part, log_mass, s_part, log_q = over_samples(sample_terms, lp, keys[:, :num_leaves], fixed)
+            path_part, log_mass, s_part, log_q = over_samples(sample_terms, lp, keys[:, :num_slots], fixed)
             log_mass = log_mass - log_s
             log_w = path_part + s_part[:, None]
             closed_form = priors.closed_form(conditioned, lp)
@@ -343,7 +368,7 @@ def gradient_estimator(
         def rao_blackwell(lp, values, fixed, keys):
             """Per factor of each mean-field score leaf, a baseline with that factor redrawn."""
             # The redraws take the second half of each sample's keys: independent of the draws.
-            keys, redraw_keys = keys[:, :num_leaves], keys[:, num_leaves:]
+            keys, redraw_keys = keys[:, :num_slots], keys[:, num_slots:]
             redrawn = jax.vmap(draw_score_leaves, (None, 0))(lp, redraw_keys)
             out = 0.0
             for i, (b, p, pw) in enumerate(zip(bases, lp, pathwise)):
@@ -377,10 +402,10 @@ def gradient_estimator(
             return out
 
         # One key per sample and leaf; Rao-Blackwellisation redraws each leaf with a second one.
-        keys = sample_keys(key, num_samples, num_leaves * (2 if cv.per_factor else 1))
+        keys = sample_keys(key, num_samples, num_slots * (2 if cv.per_factor else 1))
         # Every sample is drawn once; score-function leaves outside the differentiated function.
         _, _, _, lp0 = condition(leaf_params)
-        fixed = jax.vmap(draw_score_leaves, in_axes=(None, 0))(lp0, keys[:, :num_leaves])
+        fixed = jax.vmap(draw_score_leaves, in_axes=(None, 0))(lp0, keys[:, :num_slots])
         grad_fn = jax.value_and_grad(surrogate, has_aux=True)
         (_, (value, values, signal)), grads = grad_fn(leaf_params, keys, fixed, state)
         if has_score and cv.needs_scores:

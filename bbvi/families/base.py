@@ -39,6 +39,10 @@ class Family(abc.ABC):
     #: Whether q is a point mass (a parameter fitted as a point estimate): it has no density to
     #: push through a bijection and a zero score, so only pathwise gradients reach it.
     point_mass: bool = False
+    #: The shape of the standard-normal noise one draw is a function of (`from_noise`), or `None`
+    #: where draws are not made that way. Estimators draw the noise of all such leaves of a sample
+    #: at once: one random-number call instead of one per leaf, which dominates a tiny model's step.
+    noise_shape: tuple[int, ...] | None = None
 
     @property
     @abc.abstractmethod
@@ -56,6 +60,10 @@ class Family(abc.ABC):
     @abc.abstractmethod
     def log_prob(self, params: Params, z: Latent) -> jax.Array:
         """log q(z; params), a scalar for one draw."""
+
+    def from_noise(self, params: Params, eps: jax.Array) -> Latent:
+        """The draw of q whose standard-normal noise is `eps` (of shape `noise_shape`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not draw from standard-normal noise")
 
     def entropy(self, params: Params) -> jax.Array:
         """Closed-form entropy of q; only where `has_entropy` is true."""

@@ -89,6 +89,13 @@ class MeanFieldGaussian(DistributionFamily):
         base = dist.Normal(params["loc"], jnp.exp(params["log_scale"]))
         return base.to_event(len(self.shape))
 
+    @property
+    def noise_shape(self):
+        return self.shape
+
+    def from_noise(self, params, eps):
+        return params["loc"] + eps * jnp.exp(params["log_scale"])
+
     def entropy(self, params):
         # numpyro's equals this, but through log(exp(log_scale)): extra work per step and per
         # coordinate, in the forward and the backward pass, that the closed form in log_scale avoids.
@@ -132,6 +139,13 @@ class FullRankGaussian(DistributionFamily):
 
     def distribution(self, params):
         return dist.MultivariateNormal(params["loc"], scale_tril=self.scale_tril(params))
+
+    @property
+    def noise_shape(self):
+        return (self.dim,)
+
+    def from_noise(self, params, eps):
+        return params["loc"] + self.scale_tril(params) @ eps
 
 
 @dataclasses.dataclass(frozen=True)
