@@ -7,29 +7,19 @@ that a busy CI machine would trip.
 
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests._benchmark_runs import PNG_MAGIC, REPO, run_quick
 
 
 @pytest.mark.slow
 def test_overhead_quick_runs_and_writes_json(tmp_path):
-    # Through the suite's entry point, which runs it in a fresh process, as a user runs it: its
-    # compile caches and timings start cold.
+    # Through the suite's entry point, which runs it in a fresh process.
     out = tmp_path / "overhead.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "overhead", "--quick", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_quick("overhead", tmp_path, entry_point=True)
     assert "| loop |" in proc.stdout
 
     result = json.loads(out.read_text())
@@ -80,27 +70,10 @@ def _clearly_below(low: dict, high: dict, sds: float = 4.0) -> bool:
 
 @pytest.mark.slow
 def test_estimators_quick_runs_and_writes_table_json_and_plot(tmp_path):
-    # Seventeen estimator configurations mean some thirty-five compiled programs; at XLA's default
-    # optimisation level compiling them is most of a smoke run's time, and the smoke run checks
-    # that the benchmark works, not how fast (its own timings are meaningless at these sizes).
-    env = {
-        **os.environ,
-        "MPLBACKEND": "Agg",
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
-        + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.estimators", "--quick", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_quick("estimators", tmp_path)
     table = (tmp_path / "estimators.md").read_text()
     assert "| configuration |" in table and table.strip() in proc.stdout
-    assert (tmp_path / "estimators.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "estimators.png").read_bytes()[:8] == PNG_MAGIC
 
     result = json.loads((tmp_path / "estimators.json").read_text())
     assert result["quick"] is True and result["machine"]["jax"]
