@@ -26,15 +26,21 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", TqdmWarning)
     from tqdm.auto import tqdm
 
-from bbvi import control_variates, objectives
+from bbvi import annealing, control_variates, objectives
 from bbvi.estimators import choice
 from bbvi.estimators.elbo import check_num_samples, check_sample_chunk_size, gradient_estimator
 from bbvi.families import tree
 from bbvi.subsampled import Subsampled
 
-#: Adam with step size 1e-2: robust across scales since it normalises gradient magnitudes.
-#: A module-level instance, so repeated fits with the default reuse the compiled program.
-DEFAULT_OPTIMIZER = optax.adam(1e-2)
+#: The default optimiser: Adam, its step size decaying from 0.03 to 0 on a cosine over each fit.
+#: Chosen by `python -m benchmarks.accuracy` over 14 posteriordb and inference-gym posteriors:
+#: against a constant 1e-2 it reaches 0.1 nats of the optimum on 12 of the 14 within 10,000 steps
+#: instead of 9, with about half the gradient evaluations, and it ends within 0.1 nats of the best
+#: ELBO of any configuration on 36 of 42 fits (mean field, full rank, a flow) instead of 16: the
+#: decay removes the noise a constant step leaves. One instance for every fit length (the horizon
+#: is in its state), so repeated fits reuse one compiled program.
+DEFAULT_LEARNING_RATE = 0.03
+DEFAULT_OPTIMIZER = annealing.cosine_annealed(optax.scale_by_adam(), DEFAULT_LEARNING_RATE)
 DEFAULT_NUM_SAMPLES = 8
 
 # About this many chunks per run, each at least this many steps (a power of two, so that runs
@@ -281,8 +287,10 @@ def fit(
         family: a family or a dict / tuple / list of families.
         key: a PRNG key; the same key gives the same result.
         num_steps: optimisation steps (a Python int).
-        optimizer: any optax `GradientTransformation`; default Adam with step size 1e-2.
-            It is handed the negated ELBO gradient (optax minimises).
+        optimizer: any optax `GradientTransformation`, handed the negated ELBO gradient (optax
+            minimises). Default: Adam with its step size decaying from 0.03 to 0 over `num_steps`
+            on a cosine (`bbvi.fit.DEFAULT_OPTIMIZER`), chosen from time-to-accuracy benchmarks.
+            Continuing a fit (`init_opt_state`) with the default starts a new decay.
         estimator: `"auto"` (pathwise for reparameterisable leaves, score function for the
             others), `"reparam"`, `"score"`, `"relaxed"`, or a `bbvi.Estimator`.
         objective: `"elbo"`, `"iwae"` or a `bbvi.Renyi(alpha)`; `result.elbo` traces it.
@@ -332,7 +340,8 @@ def fit(
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
     num_steps = int(num_steps)
     _check_key(key)
-    optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
+    default = optimizer is None
+    optimizer = DEFAULT_OPTIMIZER if default else optimizer
     if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
         raise TypeError(f"optimizer must be an optax GradientTransformation, got {optimizer!r}")
     estimator = choice.resolve(estimator)
@@ -352,6 +361,8 @@ def fit(
         params = _check_init_params(family, init_params)
     params = jax.tree.map(_strong, params)
     opt_state = optimizer.init(params) if init_opt_state is None else init_opt_state
+    if default:  # the decay spans this fit's steps; a continued fit starts a new one
+        opt_state = annealing.start(opt_state, num_steps)
     opt_state = jax.tree.map(_strong, opt_state)
     cv_state = cv.init_state() if init_estimator_state is None else init_estimator_state
     cv_state = jax.tree.map(_strong, cv_state)

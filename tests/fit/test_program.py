@@ -151,3 +151,16 @@ def test_an_unhashable_log_joint_still_fits():
     result = run(log_joint, num_steps=100)
     assert result.elbo.shape == (100,) and np.isfinite(result.elbo).all()
     assert_same(result, run(CountingLogJoint(), num_steps=100))
+
+
+def test_default_optimizer_anneals_over_each_fit_and_restarts_when_continued():
+    log_joint = CountingLogJoint()
+    first = run(log_joint, num_steps=50)
+    # The decay ends at a step size of 0; continuing starts a new decay, so the continued fit moves
+    # (without the restart its step size would stay 0 and the parameters would not change at all).
+    more = run(log_joint, num_steps=50, init_params=first.params, init_opt_state=first.opt_state)
+    moved = [
+        float(jnp.max(jnp.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(more.params), jax.tree.leaves(first.params))
+    ]
+    assert max(moved) > 1e-3
