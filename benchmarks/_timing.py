@@ -112,3 +112,14 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
+
+
+def write_results(
+    out: Path, name: str, result: Mapping[str, Any], table: str, plot: Callable[[Path], None]
+) -> None:
+    """A benchmark's outputs under `out`: `<name>.json`, `.md` (the table, also printed) and `.png`."""
+    write_json(out / f"{name}.json", result)
+    (out / f"{name}.md").write_text(table + "\n")
+    plot(out / f"{name}.png")
+    print(table)
+    print(f"\nwrote {out}/{name}.{{json,md,png}}", file=sys.stderr)

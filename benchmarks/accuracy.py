@@ -1253,11 +1253,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["wall_s"] = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
 
     table = markdown_table(result)
-    _timing.write_json(args.out / "accuracy.json", result)
-    (args.out / "accuracy.md").write_text(table + "\n")
-    plot(result, args.out / "accuracy.png")
-    print(table)
-    print(f"\nwrote {args.out}/accuracy.{{json,md,png}} in {result['wall_s']:.0f} s", file=sys.stderr)
+    _timing.write_results(args.out, "accuracy", result, table, lambda path: plot(result, path))
     return result
 
 

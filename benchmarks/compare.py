@@ -936,13 +936,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result["wall_s"] = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
 
-    out = args.out
-    _timing.write_json(out / f"{NAME}.json", result)
-    table = markdown(result)
-    (out / f"{NAME}.md").write_text(table + "\n")
-    plot(result, out / f"{NAME}.png")
-    print(table)
-    print(f"\nwrote {out / NAME}.{{json,md,png}}", file=sys.stderr)
+    _timing.write_results(args.out, NAME, result, markdown(result), lambda path: plot(result, path))
     return result
 
 

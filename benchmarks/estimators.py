@@ -517,11 +517,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["wall_s"] = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
 
     table = markdown_table(result)
-    _timing.write_json(args.out / "estimators.json", result)
-    (args.out / "estimators.md").write_text(table + "\n")
-    plot(result, traces, args.out / "estimators.png")
-    print(table)
-    print(f"\nwrote {args.out}/estimators.{{json,md,png}}", file=sys.stderr)
+    _timing.write_results(args.out, "estimators", result, table, lambda path: plot(result, traces, path))
     return result
 
 

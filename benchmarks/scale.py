@@ -1185,12 +1185,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result["wall_s"] = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
 
-    table = markdown_table(result)
-    _timing.write_json(args.out / "scale.json", result)
-    (args.out / "scale.md").write_text(table + "\n")
-    plot(result, args.out / "scale.png")
-    print(table)
-    print(f"\nwrote {args.out}/scale.{{json,md,png}}", file=sys.stderr)
+    _timing.write_results(args.out, "scale", result, markdown_table(result), lambda path: plot(result, path))
     return result
 
 

@@ -7,18 +7,14 @@ passed, and that every number it writes is where it should be and finite.
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from bbvi.models import inference_gym, posteriordb
 from bbvi.models._data import DataNotFoundError
 from benchmarks import accuracy
+from tests._benchmark_runs import PNG_MAGIC, positive, run_quick
 
-REPO = Path(__file__).resolve().parents[1]
 QUICK_CASES = accuracy.QUICK.cases
 # Every configuration of the quick programs, named as the benchmark names them; bbvi's default among them.
 CONFIGS = {
@@ -37,34 +33,14 @@ def _data_present() -> bool:
     return True
 
 
-def _positive(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
-
-
 @pytest.mark.slow
 def test_accuracy_quick_runs_and_writes_table_json_and_plot(tmp_path):
     if not _data_present():
         pytest.skip("bbvi's reference data (posteriordb_dev.json, inference_gym_exact.json) are absent")
-    # Compiling is most of a smoke run; XLA's lowest optimisation level makes it shorter (and its
-    # timings meaningless, which a smoke run does not need).
-    env = {
-        **os.environ,
-        "MPLBACKEND": "Agg",
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
-        + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.accuracy", "--quick", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_quick("accuracy", tmp_path)
     table = (tmp_path / "accuracy.md").read_text()
     assert "| case | d | optimum (ELBO) |" in table and table.strip() in proc.stdout
-    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
 
     result = json.loads((tmp_path / "accuracy.json").read_text())
     assert result["quick"] is True and result["machine"]["jax"] and not result["skipped"]
@@ -98,8 +74,8 @@ def test_accuracy_quick_runs_and_writes_table_json_and_plot(tmp_path):
                 assert c["steps"] is None and c["wall_s"] is None, where
             else:
                 assert 1 <= c["steps"] <= steps and c["grad_evals"] == c["steps"] * c["S"], where
-                assert _positive(c["wall_s"]), where
-            assert _positive(c["run_wall_s"]), where
+                assert positive(c["wall_s"]), where
+            assert positive(c["run_wall_s"]), where
         for family in ("mean_field", "full_rank", "flow"):
             for config_name in result["final_configs"]:
                 e = case["final"][family][config_name]
