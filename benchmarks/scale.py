@@ -679,17 +679,7 @@ def run_many(settings: Settings) -> dict[str, Any]:
     optimizer = optax.adam(settings.learning_rate)
 
     def fit_one(key, data):
-        return bbvi.fit(
-            log_joint,
-            family,
-            key=key,
-            num_steps=steps,
-            optimizer=optimizer,
-            estimator="reparam",
-            num_samples=num_samples,
-            data=data,
-            progress_bar=False,
-        )
+        return run_fit(log_joint, family, optimizer, num_samples, steps, None, key, data)
 
     # Restarts: P keys, one data set. Data sets: P keys and P data sets (independent problems).
     vmapped = {
