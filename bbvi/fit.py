@@ -28,7 +28,8 @@ with warnings.catch_warnings():
 
 from bbvi import annealing, control_variates, objectives
 from bbvi.estimators import choice
-from bbvi.estimators.elbo import check_num_samples, check_sample_chunk_size, gradient_estimator
+from bbvi.estimators.checks import check_num_samples, check_sample_chunk_size
+from bbvi.estimators.elbo import gradient_estimator
 from bbvi.families import tree
 from bbvi.subsampled import Subsampled
 

@@ -235,7 +235,7 @@ def make_eight_schools_limit(num_samples, num_steps, optimizer, fused_rng=False)
 
     It does what `fit` does for `eight_schools.FAMILY` with `estimator="reparam"`, written out for
     this one case: per step key `fold_in(run_key, step)`, split once into one key per sample (the
-    step key itself for one sample), as `bbvi.estimators.elbo.sample_keys` does, and one draw of
+    step key itself for one sample), as `bbvi.estimators.draws.sample_keys` does, and one draw of
     10 standard normals per sample shared by the three Gaussian leaves (mu, tau, theta_tilde, in
     the dict's order), as bbvi's estimator draws them; every entropy in closed form, tau's that
     of its unconstrained base with the log-Jacobian of exp in the log-density, as in fit.

@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bbvi import control_variates, objectives
-from bbvi.estimators import choice, prior_terms
+from bbvi.estimators import checks, choice, prior_terms
+from bbvi.estimators.draws import Layout, is_stratified, sample_keys
 from bbvi.families import tree
-from bbvi.families.base import Family
 from bbvi.subsampled import Subsampled, num_rows
 
 stop = jax.lax.stop_gradient
@@ -49,97 +49,9 @@ class GradientEstimator(NamedTuple):
     estimate: Callable
 
 
-def _describe(z) -> str:
-    return str(jax.tree.map(lambda x: f"{jnp.result_type(x)}{list(jnp.shape(x))}", z))
-
-
-def call_log_joint(log_joint: Callable, z, *data, name: str = "log_joint") -> jax.Array:
-    """`log_joint(z[, data])`, with clear errors for a failing call or a non-scalar, non-float result."""
-    try:
-        value = log_joint(z, *data)
-    except Exception as err:
-        # A note keeps the user's own exception, type and traceback, and says what it was given.
-        err.add_note(
-            f"bbvi: {name} failed on latents {_describe(z)} (the structure, dtypes and shapes the "
-            "family draws); check that the family matches what the log-joint reads"
-        )
-        raise
-    if jnp.shape(value) != ():
-        raise ValueError(
-            f"{name} must return a scalar, but returned shape {jnp.shape(value)} for latents "
-            f"{_describe(z)}; sum the log-density over data points and latents"
-        )
-    if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
-        raise TypeError(f"{name} must return a float, but returned {jnp.result_type(value)}")
-    return value
-
-
-def check_sample_chunk_size(chunk) -> int | None:
-    if chunk is None:
-        return None
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
-        raise ValueError(f"sample_chunk_size must be a positive int or None, got {chunk!r}")
-    return int(chunk)
-
-
-def _check_subsampled(model, prior):
-    if model.num_data is None:
-        raise ValueError(
-            "Subsampled: num_data (the number of data points N) is not set; bbvi.fit sets it from "
-            "its data, elsewhere pass Subsampled(..., num_data=N)"
-        )
-    if prior is not None:
-        raise ValueError("a Subsampled model carries its own log_prior: pass prior=None")
-
-
-def sample_keys(key, num_samples: int, num_slots: int):
-    """`num_slots` keys per sample, shape `(num_samples, num_slots)`, from one split.
-
-    A single split is one random-number call per step; on CPU each call is a small loop, which
-    dominates the step of a tiny model. With one sample and one slot the key is used as it is.
-    """
-    if num_samples * num_slots == 1:
-        return key[None, None]
-    return jax.random.split(key, (num_samples, num_slots))
-
-
 def _weighted(weight, x):
     """`weight * x`, leaving `x` untouched (no multiply in the program) when the weight is 1."""
     return x if weight == 1.0 else weight * x
-
-
-def check_num_samples(num_samples) -> int:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    return int(num_samples)
-
-
-def _check_options(estimator, objective, cv, num_samples, bases, paths, pathwise):
-    """Clear errors, before tracing, for options that cannot work together."""
-    if not objective.linear:
-        if estimator.entropy == "stl":
-            raise ValueError(
-                f"entropy='stl' is biased for {objective}; use entropy='dreg' (doubly-reparameterised "
-                "gradients), the unbiased path derivative for importance-weighted bounds"
-            )
-        if estimator.gradient == "relaxed" or cv.needs_scores or cv.per_factor:
-            what = (
-                "estimator 'relaxed'" if estimator.gradient == "relaxed" else f"control_variate={cv.name!r}"
-            )
-            raise ValueError(f"{what} needs the ELBO (a linear objective), not {objective}")
-        if num_samples < 2 and not all(pathwise):
-            raise ValueError(f"{objective} with score-function leaves needs num_samples >= 2")
-    if estimator.entropy == "dreg":
-        stratified = [p for b, p, pw in zip(bases, paths, pathwise) if pw and _is_stratified(b)]
-        if stratified:
-            raise ValueError(
-                f"entropy='dreg' does not support the stratified (mixture) families at {stratified}"
-            )
-
-
-def _is_stratified(family) -> bool:
-    """Whether the family draws several weighted points per sample (a mixture)."""
-    return type(family).stratified_sample is not Family.stratified_sample
 
 
 def gradient_estimator(
@@ -159,12 +71,12 @@ def gradient_estimator(
     """
     estimator = choice.resolve(estimator)
     objective = objectives.resolve(objective)
-    num_samples = check_num_samples(num_samples)
+    num_samples = checks.check_num_samples(num_samples)
     cv = control_variates.resolve(control_variate, num_samples)
-    chunk = check_sample_chunk_size(sample_chunk_size)
+    chunk = checks.check_sample_chunk_size(sample_chunk_size)
     model = log_joint if isinstance(log_joint, Subsampled) else None
     if model is not None:
-        _check_subsampled(model, prior)
+        checks.check_subsampled(model, prior)
     elif not callable(log_joint):
         raise TypeError(f"log_joint must be callable, got {log_joint!r}")
 
@@ -175,7 +87,7 @@ def gradient_estimator(
     local = [leaf.needs_data for leaf in leaves]  # amortised leaves: one latent per data point
     needs_data = any(local)
     static_bases, _ = tree.unconstrained(leaves)
-    _check_options(estimator, objective, cv, num_samples, static_bases, paths, pathwise)
+    checks.check_options(estimator, objective, cv, num_samples, static_bases, paths, pathwise)
     priors = prior_terms.PriorTerms(prior, treedef, leaves, paths, estimator, objective)
     # Leaves whose log q enters in closed form, not by Monte Carlo: through their entropy (of the
     # unconstrained base, for a Constrained leaf), or with their prior through a closed-form KL.
@@ -185,17 +97,8 @@ def gradient_estimator(
     has_score = not all(pathwise)
     num_leaves = len(leaves)
     log_s = math.log(num_samples)
-    # Pathwise leaves drawn from standard-normal noise share one draw of it per sample; every other
-    # leaf has a key of its own. `slots[i]` is leaf i's key among a sample's `num_slots` keys.
-    noisy = [
-        pw and not rl and not _is_stratified(b) and b.noise_shape is not None
-        for b, pw, rl in zip(static_bases, pathwise, relaxed)
-    ]
-    noise_shapes = [b.noise_shape if n else () for b, n in zip(static_bases, noisy)]
-    noise_ends = np.cumsum([math.prod(shape) if n else 0 for shape, n in zip(noise_shapes, noisy)])
-    own_slots = iter(range(1 if any(noisy) else 0, num_leaves + 1))
-    slots = [0 if n else next(own_slots) for n in noisy]
-    num_slots = max(slots) + 1
+    layout = Layout(static_bases, pathwise, relaxed)
+    slots, num_slots = layout.slots, layout.num_slots
 
     def estimate(params, state, key, data=None):
         if needs_data and data is None:
@@ -222,10 +125,10 @@ def gradient_estimator(
 
         def log_model(z):
             if model is None:
-                return call_log_joint(log_joint, z, *extra)
+                return checks.call_log_joint(log_joint, z, *extra)
             likelihood = functools.partial(model.batch_log_likelihood, local=treedef.unflatten(local))
-            return call_log_joint(model.log_prior, z, name="log_prior") + _weighted(
-                scale, call_log_joint(likelihood, z, data, name="log_likelihood")
+            return checks.call_log_joint(model.log_prior, z, name="log_prior") + _weighted(
+                scale, checks.call_log_joint(likelihood, z, data, name="log_likelihood")
             )
 
         def log_density(u_leaves):
@@ -241,23 +144,13 @@ def gradient_estimator(
                 for b, p, i, pw in zip(bases, lp, slots, pathwise)
             ]
 
-        def shared_noise(key):
-            """The standard-normal noise of every noise-drawn leaf of a sample, in one draw."""
-            if not any(noisy):
-                return [None] * num_leaves
-            flat = jax.random.normal(key, (int(noise_ends[-1]),), jnp.result_type(float))
-            pieces = jnp.split(flat, noise_ends[:-1])
-            return [
-                piece.reshape(shape) if n else None for piece, shape, n in zip(pieces, noise_shapes, noisy)
-            ]
-
         def score_log_q(lp, fixed):
             return sum(b.log_prob(p, x) for b, p, x, pw in zip(bases, lp, fixed, pathwise) if not pw)
 
         def points(lp, keys, fixed):
             """One sample's points: each leaf's draws (a leading point axis), log-masses and log q."""
             draws, masses, log_q_path = [], [], []
-            noise = shared_noise(keys[0])
+            noise = layout.noise(keys[0])
             for b, p, i, x, pw, an, rl, w, eps in zip(
                 bases, lp, slots, fixed, pathwise, analytic, relaxed, weights, noise
             ):
@@ -265,7 +158,7 @@ def gradient_estimator(
                 k = keys[i]
                 if rl:
                     x, lq, m = b.relaxed_sample(p, k, estimator.temperature)[None], jnp.zeros(1), jnp.zeros(1)
-                elif pw and _is_stratified(b):
+                elif pw and is_stratified(b):
                     x, m = b.stratified_sample(p, k)
                     lq = jnp.zeros_like(m) if an else jax.vmap(b.log_prob, (None, 0))(q, x)
                 elif pw and an:
@@ -473,7 +366,7 @@ def elbo_value_and_grad(
         >>> grad["loc"].shape
         (2,)
     """
-    cv = control_variates.resolve(control_variate, check_num_samples(num_samples))
+    cv = control_variates.resolve(control_variate, checks.check_num_samples(num_samples))
     if cv.stateful:
         raise ValueError(
             f"control_variate={cv.name!r} keeps state between steps; use bbvi.gradient_estimator "
