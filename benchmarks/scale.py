@@ -447,17 +447,7 @@ def rss_child(spec: str) -> None:
     key = jax.random.key(spec["seed"])
     init_params = bbvi.init(family, jax.random.key(spec["seed"] + 1))
     if kind == "fit":
-        out = bbvi.fit(
-            gaussian_log_joint,
-            family,
-            key=key,
-            num_steps=steps,
-            optimizer=optimizer,
-            estimator="reparam",
-            num_samples=num_samples,
-            init_params=init_params,
-            progress_bar=False,
-        )
+        out = run_fit(gaussian_log_joint, family, optimizer, num_samples, steps, init_params, key)
     elif kind == "limit":
         limit = jax.jit(make_limit(gaussian_log_joint, dim, num_samples, steps, optimizer))
         out = limit(init_params, jax.random.split(key)[1])
