@@ -37,9 +37,14 @@ def leaf_paths(family) -> list[str]:
     return [jax.tree_util.keystr(path) or "<root>" for path, _ in paths]
 
 
-@functools.cache
 def _param_spec(leaf: Family):
-    """Shapes and dtypes of a leaf family's parameters (what its `init` returns), traced once per family."""
+    """Shapes and dtypes of a leaf family's parameters (what its `init` returns), traced once per family
+    and precision (the dtypes follow `jax_enable_x64`, which can change in-process)."""
+    return _param_spec_cached(leaf, bool(jax.config.jax_enable_x64))
+
+
+@functools.cache
+def _param_spec_cached(leaf: Family, x64: bool):
     return jax.eval_shape(leaf.init, jax.random.key(0))
 
 
