@@ -5,6 +5,7 @@ vmap-compatible ELBO gradient estimators and a compiled `fit` driven by any opta
 """
 
 from bbvi.control_variates import ControlVariate, MovingAverage
+from bbvi.diagnostics import Diagnostics, GradientStats, compare_gradients, diagnose, gradient_snr, psis
 from bbvi.estimators import Estimator, GradientEstimator, elbo_value_and_grad, gradient_estimator
 from bbvi.families import (
     Amortized,
@@ -29,13 +30,23 @@ from bbvi.families import (
     sample,
 )
 from bbvi.fisher import natural_gradient
-from bbvi.fit import FitResult, fit
+from bbvi.fit import Convergence, FitError, FitResult, FitState, fit, load, save
+from bbvi.interop import NumpyroModel, from_numpyro, to_inference_data
 from bbvi.objectives import ELBO, IWAE, Objective, Renyi
 from bbvi.subsampled import Subsampled
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Diagnostics",
+    "GradientStats",
+    "NumpyroModel",
+    "compare_gradients",
+    "diagnose",
+    "from_numpyro",
+    "gradient_snr",
+    "psis",
+    "to_inference_data",
     "Amortized",
     "Batched",
     "MarkovChains",
@@ -49,7 +60,10 @@ __all__ = [
     "DistributionFamily",
     "Estimator",
     "Family",
+    "Convergence",
+    "FitError",
     "FitResult",
+    "FitState",
     "FullRankGaussian",
     "GaussianMixture",
     "InverseAutoregressiveFlow",
@@ -67,7 +81,9 @@ __all__ = [
     "entropy",
     "fit",
     "init",
+    "load",
     "log_prob",
     "natural_gradient",
     "sample",
+    "save",
 ]

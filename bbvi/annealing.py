@@ -48,3 +48,8 @@ def cosine_annealed(
 def start(state: AnnealedState, num_steps: int) -> AnnealedState:
     """The state at the start of a decay over `num_steps` steps (the inner state is kept)."""
     return state._replace(count=jnp.zeros([], jnp.int32), horizon=jnp.asarray(num_steps, jnp.int32))
+
+
+def extend(state: AnnealedState, num_steps: int) -> AnnealedState:
+    """The same decay, continued, now ending after `num_steps` steps in all (a resumed fit)."""
+    return state._replace(horizon=jnp.asarray(num_steps, jnp.int32))

@@ -12,7 +12,7 @@ from numpyro.distributions import constraints
 
 import bbvi
 
-fit_module = importlib.import_module("bbvi.fit")
+fit_module = importlib.import_module("bbvi.fit.driver")
 
 FAMILY = {
     "w": bbvi.MeanFieldGaussian((3,)),
