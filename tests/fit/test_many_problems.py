@@ -72,3 +72,28 @@ def test_vmap_over_a_hyperparameter_fits_each_its_own():
     # The tightest prior shrinks the weights most: the fits really saw different hyperparameters.
     norms = np.linalg.norm(np.asarray(batched.params["loc"]), axis=1)
     assert norms[0] < norms[1] and norms[0] < norms[2]
+
+
+def test_fits_under_a_transformation_leave_no_compiled_program_holding_its_tracers():
+    # A log-joint closing over a vmapped hyperparameter closes over a tracer: a program built for it
+    # must not outlive the transformation in fit's compile cache (nor give wrong answers later).
+    from bbvi.fit import driver
+
+    xs, ys = _datasets(1)
+    data = (xs[0], ys[0])
+    before = set(driver._programs)
+
+    def fit_one(prior_scale):
+        return bbvi.fit(
+            lambda w, batch: _log_joint(w, batch, prior_scale),
+            FAMILY,
+            key=jax.random.key(1),
+            num_steps=STEPS,
+            data=data,
+            progress_bar=False,
+        )
+
+    eager = jax.vmap(fit_one)(jnp.array([0.1, 10.0]))  # no jit: fit's host path meets the tracer
+    jitted = jax.jit(jax.vmap(fit_one))(jnp.array([0.1, 10.0]))
+    assert set(driver._programs) == before
+    np.testing.assert_allclose(eager.params["loc"], jitted.params["loc"], rtol=1e-5, atol=1e-6)
