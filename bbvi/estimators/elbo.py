@@ -54,6 +54,19 @@ def _weighted(weight, x):
     return x if weight == 1.0 else weight * x
 
 
+def _noise_draw(family, params, eps, fixed: bool):
+    """A noise-drawn leaf's draw and log q there, with q's parameters held fixed if `fixed` (STL, DReG).
+
+    A family may compute log q from the noise (`from_noise_and_log_prob`, e.g. `FullRankGaussian`),
+    which is exact where evaluating log q at the rounded draw is not.
+    """
+    own = getattr(family, "from_noise_and_log_prob", None)
+    if own is not None:
+        return own(params, eps, fixed)
+    x = family.from_noise(params, eps)
+    return x, family.log_prob(stop(params) if fixed else params, x)
+
+
 def gradient_estimator(
     log_joint: Callable,
     family,
@@ -101,6 +114,7 @@ def gradient_estimator(
     slots, num_slots = layout.slots, layout.num_slots
 
     def estimate(params, state, key, data=None):
+        checks.check_key(key)
         if needs_data and data is None:
             raise ValueError("the family is amortised (it needs data): pass data (fit(..., data=...))")
         if model is not None and data is None:
@@ -164,8 +178,11 @@ def gradient_estimator(
                 elif pw and an:
                     x = b.sample(p, k) if eps is None else b.from_noise(p, eps)
                     x, lq, m = x[None], jnp.zeros(1), jnp.zeros(1)
-                elif pw and (estimator.path_derivative or eps is not None):
-                    x = b.sample(p, k) if eps is None else b.from_noise(p, eps)
+                elif pw and eps is not None:
+                    x, lq = _noise_draw(b, p, eps, estimator.path_derivative)
+                    x, lq, m = x[None], lq[None], jnp.zeros(1)
+                elif pw and estimator.path_derivative:
+                    x = b.sample(p, k)
                     x, lq, m = x[None], b.log_prob(q, x)[None], jnp.zeros(1)
                 elif pw:
                     x, lq = b.sample_and_log_prob(p, k)

@@ -71,8 +71,6 @@ from bbvi.models._reference_json import check_name, locate, parse
 __all__ = ["FILE", "Latent", "Posterior", "Reference", "load", "names"]
 
 FILE = "posteriordb_dev.json"
-# FullRankGaussian's unconstrained parameterisation of its Cholesky factor.
-_TO_CHOLESKY = biject_to(constraints.lower_cholesky)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -201,7 +199,8 @@ class Posterior:
                 f"{self.name}: loc must have shape ({self.dim},) and cov ({self.dim}, {self.dim})"
             )
         scale_tril = np.linalg.cholesky(cov)  # in float64: some posteriors' sds span four decades
-        return {"loc": as_array(loc), "scale_tril": as_array(_TO_CHOLESKY.inv(scale_tril))}
+        params = bbvi.FullRankGaussian.params_from_scale_tril(loc, scale_tril)
+        return {"loc": as_array(loc), "scale_tril": as_array(params["scale_tril"])}
 
 
 def names() -> tuple[str, ...]:

@@ -22,7 +22,6 @@ import numpyro.distributions as dist
 import pytest
 from numpyro.distributions import constraints
 from numpyro.distributions.kl import kl_divergence
-from numpyro.distributions.transforms import biject_to
 
 import bbvi
 from bbvi.diagnostics import diagnose, tail_length
@@ -41,7 +40,7 @@ def regression():
 
 
 def _params(loc, scale_tril):
-    return {"loc": loc, "scale_tril": biject_to(constraints.lower_cholesky).inv(scale_tril)}
+    return bbvi.FullRankGaussian.params_from_scale_tril(loc, scale_tril)
 
 
 def test_exact_posterior_gives_constant_weights(regression):

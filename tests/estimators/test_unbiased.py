@@ -26,7 +26,6 @@ import scipy.integrate
 import scipy.special
 import scipy.stats
 from numpyro.distributions import constraints
-from numpyro.distributions.transforms import biject_to
 from scipy.special import gammaln
 
 import bbvi
@@ -109,8 +108,9 @@ def gaussian_params(family, seed: int):
         }
     d = family.dim
     tril = np.diag(0.7 * np.exp(0.3 * rng.normal(size=d))) + np.tril(0.3 * rng.normal(size=(d, d)), -1)
-    unconstrained = biject_to(constraints.lower_cholesky).inv(jnp.asarray(tril, jnp.float32))
-    return {"loc": jnp.asarray(rng.normal(size=d), jnp.float32), "scale_tril": unconstrained}
+    return family.params_from_scale_tril(
+        jnp.asarray(rng.normal(size=d), jnp.float32), jnp.asarray(tril, jnp.float32)
+    )
 
 
 def discrete_params(family, seed: int):
@@ -553,10 +553,7 @@ def test_gaussian_reference_elbo_is_the_log_normaliser_at_the_posterior():
     target = GaussianTarget.random(seed=5, dim=3)
     cov = np.linalg.inv(target.precision)
     tril = jnp.asarray(np.linalg.cholesky(cov), jnp.float32)
-    params = {
-        "loc": jnp.asarray(target.mean, jnp.float32),
-        "scale_tril": biject_to(constraints.lower_cholesky).inv(tril),
-    }
+    params = bbvi.FullRankGaussian.params_from_scale_tril(jnp.asarray(target.mean, jnp.float32), tril)
     log_z = target.constant + 0.5 * np.linalg.slogdet(2 * np.pi * cov)[1]
     np.testing.assert_allclose(target.exact_elbo(bbvi.FullRankGaussian(3))(params), log_z, rtol=1e-5)
 

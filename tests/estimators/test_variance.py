@@ -11,8 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numpyro.distributions import constraints
-from numpyro.distributions.transforms import biject_to
 
 import bbvi
 from bbvi.models import eight_schools
@@ -90,8 +88,9 @@ def optimum_case(family_name: str):
         target = GaussianTarget.random(seed=5, dim=3)
         family = bbvi.FullRankGaussian(3)
         tril = np.linalg.cholesky(np.linalg.inv(target.precision))
-        unconstrained = biject_to(constraints.lower_cholesky).inv(jnp.asarray(tril, jnp.float32))
-        params = {"loc": jnp.asarray(target.mean, jnp.float32), "scale_tril": unconstrained}
+        params = family.params_from_scale_tril(
+            jnp.asarray(target.mean, jnp.float32), jnp.asarray(tril, jnp.float32)
+        )
     elif family_name == "lowrank":  # covariance f f^T + diag(d^2): exactly rank one plus diagonal
         factor, diag_sd = np.array([[0.8], [-0.5], [0.6]]), np.array([0.5, 0.9, 0.7])
         target = GaussianTarget(mean, np.linalg.inv(factor @ factor.T + np.diag(diag_sd**2)), -2.0)

@@ -204,14 +204,14 @@ def gaussian_loc_and_tril(family, params) -> tuple[np.ndarray, np.ndarray]:
         loc = _f64(params["loc"]).ravel()
         return loc, np.diag(np.exp(_f64(params["log_scale"]).ravel()))
     if isinstance(family, bbvi.FullRankGaussian):
-        # Independent of numpyro's lower_cholesky bijection: row-major fill of the strict lower
-        # triangle, exp on the diagonal (the documented parameterisation).
+        # Independent of numpyro's lower_cholesky bijection (the documented parameterisation):
+        # L = diag(d) (I + N), N's strict lower triangle filled row by row, then log d.
         d = family.dim
         vec = _f64(params["scale_tril"])
-        tril = np.zeros((d, d))
-        tril[np.tril_indices(d, -1)] = vec[: d * (d - 1) // 2]
-        tril[np.diag_indices(d)] = np.exp(vec[d * (d - 1) // 2 :])
-        return _f64(params["loc"]), tril
+        relative = np.zeros((d, d))
+        relative[np.tril_indices(d, -1)] = vec[: d * (d - 1) // 2]
+        diag = np.exp(vec[d * (d - 1) // 2 :])
+        return _f64(params["loc"]), diag[:, None] * relative + np.diag(diag)
     if isinstance(family, bbvi.LowRankGaussian):
         # The documented covariance W W^T + diag(exp(log_diag_scale))^2, factorised here in float64.
         factor = _f64(params["cov_factor"])

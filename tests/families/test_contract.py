@@ -294,7 +294,7 @@ def test_log_prob_matches_reference_density(case):
 
 
 def test_full_rank_scale_tril_is_the_documented_parameterisation():
-    # The reference oracle fills the strict lower triangle row by row and exps the diagonal.
+    # The reference oracle: L = diag(d) (I + N), N's strict lower triangle row by row, then log d.
     family = bbvi.FullRankGaussian(4)
     rng = np.random.default_rng(7)
     params = {"loc": np.zeros(4, np.float32), "scale_tril": rng.standard_normal(10).astype(np.float32)}

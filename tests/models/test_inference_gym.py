@@ -185,8 +185,8 @@ def _gaussian_elbo(ref, loc, cov):
 
 FIT_STEPS = 4000
 # Sticking the landing: at the full-rank optimum q is the posterior and the gradient noise vanishes,
-# so the fit lands on the optimum instead of jittering around it. (With Adam at 0.02 the full-rank STL
-# fit was seen to blow up in float32; 0.01 converges for every key tried.)
+
+
 FIT_ESTIMATOR = bbvi.Estimator("reparam", entropy="stl")
 FIT_OPTIMIZER = optax.adam(optax.cosine_decay_schedule(0.01, FIT_STEPS, alpha=1e-3))
 # A fit that has landed: within 0.01 nats of the optimum, 1/500 of the mean-field gap of 5.09 nats.
