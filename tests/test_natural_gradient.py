@@ -309,14 +309,17 @@ def test_numpyro_matches_exact_fisher(name):
 
 
 def full_rank_vector(tril) -> np.ndarray:
-    """The documented unconstrained vector of a Cholesky factor: strict lower triangle, log diagonal."""
-    d = len(tril)
-    return np.concatenate([tril[np.tril_indices(d, -1)], np.log(np.diag(tril))]).astype(np.float32)
+    """The documented unconstrained vector of a Cholesky factor L = diag(d) (I + N): the strict lower
+    triangle of N = L_ij / L_ii row by row, then log d."""
+    d, diag = len(tril), np.diag(tril)
+    relative = tril / diag[:, None]
+    return np.concatenate([relative[np.tril_indices(d, -1)], np.log(diag)]).astype(np.float32)
 
 
 def full_rank_tril(vec, d):
+    diag = jnp.exp(vec[d * (d - 1) // 2 :])
     tril = jnp.zeros((d, d)).at[jnp.tril_indices(d, -1)].set(vec[: d * (d - 1) // 2])
-    return tril.at[jnp.diag_indices(d)].set(jnp.exp(vec[d * (d - 1) // 2 :]))
+    return diag[:, None] * tril + jnp.diag(diag)
 
 
 MOMENTS = {  # (mu, Sigma) from params, written here from the documented parameterisations
@@ -623,3 +626,56 @@ def test_numpyro_distribution_without_closed_form_is_refused(distribution):
         natural_gradient({"a": MFG((2,)), "b": family})
     with pytest.raises(TypeError, match=match):
         natural_gradient(bbvi.Constrained(family, constraints.positive))
+
+
+# --- saturated probabilities (the latent factor model's NaN) ------------------------------------
+
+
+def test_underflowed_probabilities_give_a_zero_step_not_nan():
+    # Past |logit| ~ 88 a float32 probability underflows to 0, and so does every gradient term (a
+    # multiple of it): the undamped quotient was 0 / 0. A zero gradient stays a zero step.
+    bern = {"logits": jnp.array([-200.0, 150.0, 0.0])}
+    natural = inverse_fisher_product(bbvi.Bernoulli((3,)), bern, {"logits": jnp.array([0.0, 0.0, 1.0])})
+    np.testing.assert_array_equal(natural["logits"], [0.0, 0.0, 4.0])
+    cat = {"logits": jnp.array([[-200.0, 0.0, 0.0]])}
+    natural = inverse_fisher_product(
+        bbvi.Categorical((1,), 3), cat, {"logits": jnp.array([[0.0, 1.0, -1.0]])}
+    )
+    # p = (0, 1/2, 1/2): F^+ g on the live categories is g / p, the dead one gets no step.
+    np.testing.assert_allclose(natural["logits"], [[0.0, 2.0, -2.0]], atol=1e-6)
+
+
+def test_bernoulli_entropy_natural_gradient_is_minus_the_logits():
+    # H(p) has gradient -x p (1 - p) in the logit x, so its natural gradient is exactly -x. numpyro's
+    # entropy lost every digit below x ~ -17 (value 0, gradient 0 or rounding noise of ~1e-6 under
+    # jit), which the natural gradient divided by p (1 - p) ~ e^x: logit steps of 1e10 and then NaN
+    # in the latent factor model.
+    family = bbvi.Bernoulli((9,))
+    params = {"logits": jnp.array([-80.0, -40.0, -17.0, -5.0, 0.5, 5.0, 17.0, 40.0, 80.0])}
+    grad = fast_jit(jax.grad(family.entropy))(params)
+    natural = fast_jit(natural_gradient(family).update)(grad, optax.EmptyState(), params)[0]
+    np.testing.assert_allclose(natural["logits"], -params["logits"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_latent_factor_fit_stays_finite():  # about 4 s
+    # The reported fault: natural gradient and plain sgd on the latent factor model gave NaN (at
+    # step 228 for this key with sgd(0.1), step 28-145 with sgd(0.3)).
+    from bbvi.models import latent_factor
+
+    data = latent_factor.simulate(0)
+    family = latent_factor.family(data.num_factors)
+    result = bbvi.fit(
+        latent_factor.log_joint_fn(data),
+        family,
+        key=jax.random.key(0),
+        num_steps=1000,
+        optimizer=optax.chain(natural_gradient(family), optax.sgd(0.1)),
+        estimator="score",
+        progress_bar=False,
+    )
+    assert np.all(np.isfinite(result.elbo)) and np.all(np.isfinite(result.params["logits"]))
+    elbo = float(latent_factor.mean_field_elbo(data, result.params["logits"]))
+    best = float(latent_factor.best_cavi(data, jax.random.key(0)).elbo[-1])
+    # Within a nat of the best CAVI fixed point: a constant step leaves score-function noise.
+    assert elbo > best - 1.0, (elbo, best)

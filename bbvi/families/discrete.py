@@ -23,6 +23,13 @@ class _BernoulliLogits(dist.BernoulliLogits):
         value = jnp.asarray(value, dtype=self.logits.dtype)
         return value * jax.nn.log_sigmoid(self.logits) + (1 - value) * jax.nn.log_sigmoid(-self.logits)
 
+    def entropy(self):
+        # numpyro's ((1 + e^-x) log1p(e^-x) + e^-x x) / (1 + e^-x) cancels catastrophically below
+        # x ~ -17 (value 0, gradient rounding noise), which a natural gradient divides by p (1 - p).
+        # H is even in x, and at |x| it is a sum of two small positive terms.
+        a = jnp.abs(self.logits)
+        return jax.nn.softplus(-a) + a * jax.nn.sigmoid(-a)
+
 
 @dataclasses.dataclass(frozen=True)
 class Bernoulli(DistributionFamily):
