@@ -185,8 +185,9 @@ def _gaussian_elbo(ref, loc, cov):
 
 FIT_STEPS = 4000
 # Sticking the landing: at the full-rank optimum q is the posterior and the gradient noise vanishes,
-
-
+# so the fit lands on the optimum instead of jittering around it. (Before the full-rank family stored
+# its Cholesky factor scale-free, Adam at 0.02 blew this fit up in float32; see
+# tests/estimators/test_numerical_faults.py.)
 FIT_ESTIMATOR = bbvi.Estimator("reparam", entropy="stl")
 FIT_OPTIMIZER = optax.adam(optax.cosine_decay_schedule(0.01, FIT_STEPS, alpha=1e-3))
 # A fit that has landed: within 0.01 nats of the optimum, 1/500 of the mean-field gap of 5.09 nats.
