@@ -36,7 +36,6 @@ from bbvi.estimators.checks import (
     check_sample_chunk_size,
     check_state,
 )
-from bbvi.estimators.elbo import gradient_estimator
 from bbvi.families import tree
 from bbvi.fit import arguments, checkpoint, loop
 from bbvi.fit.convergence import WATCH, Convergence
@@ -458,15 +457,7 @@ def _explain_non_finite_start(log_joint, family, options, state, elbo, data):
             "where q puts its mass; check its support (constrain positive or bounded latents "
             f"with bbvi.Constrained) or pass init_params{hint}"
         )
-    estimate = gradient_estimator(
-        log_joint,
-        family,
-        estimator=options.estimator,
-        objective=options.objective,
-        num_samples=options.num_samples,
-        control_variate=options.control_variate,
-        prior=options.prior,
-    ).estimate
+    estimate = loop.estimator(log_joint, family, options)
     _, grad, _ = jax.jit(estimate)(
         state.params, state.estimator_state, jax.random.fold_in(state.key, 0), data
     )

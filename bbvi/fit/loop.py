@@ -56,12 +56,9 @@ def finished(state: FitState, rule: convergence.Convergence) -> jax.Array:
     return (rule.stop & (state.convergence.converged_at >= 0)) | stuck(state, rule)
 
 
-def build(log_joint, family, options: Options, trace_length: int):
-    """The jitted `(state, trace, origin, stop_step, average_from, data) -> (state, trace)`.
-
-    Step `t` writes its ELBO estimate to `trace[t - origin]`; `trace` has `trace_length` entries.
-    """
-    estimate = gradient_estimator(
+def estimator(log_joint, family, options: Options):
+    """The fit's gradient estimate `(params, estimator_state, key, data) -> (elbo, grad, state)`."""
+    return gradient_estimator(
         log_joint,
         family,
         estimator=options.estimator,
@@ -71,6 +68,14 @@ def build(log_joint, family, options: Options, trace_length: int):
         prior=options.prior,
         sample_chunk_size=options.sample_chunk_size,
     ).estimate
+
+
+def build(log_joint, family, options: Options, trace_length: int):
+    """The jitted `(state, trace, origin, stop_step, average_from, data) -> (state, trace)`.
+
+    Step `t` writes its ELBO estimate to `trace[t - origin]`; `trace` has `trace_length` entries.
+    """
+    estimate = estimator(log_joint, family, options)
     optimizer, rule = options.optimizer, options.rule
 
     def step(state: FitState, trace, origin, average_from, data):
