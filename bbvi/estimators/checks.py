@@ -78,7 +78,7 @@ def check_key(key, name: str = "key") -> None:
     elif dtype == jnp.uint32 and jnp.shape(key) == (2,):
         return
     raise TypeError(
-        f"{name} must be a single PRNG key such as jax.random.key(0), got {dtype}{list(jnp.shape(key))}"
+        f"{name} must be a single PRNG key such as jax.random.key(0), got {dtype}{list(np.shape(key))}"
     )
 
 

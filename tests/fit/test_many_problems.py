@@ -95,5 +95,5 @@ def test_fits_under_a_transformation_leave_no_compiled_program_holding_its_trace
 
     eager = jax.vmap(fit_one)(jnp.array([0.1, 10.0]))  # no jit: fit's host path meets the tracer
     jitted = jax.jit(jax.vmap(fit_one))(jnp.array([0.1, 10.0]))
-    assert set(driver._programs) == before
+    assert not set(driver._programs) - before  # nothing new (the LRU may have evicted older entries)
     np.testing.assert_allclose(eager.params["loc"], jitted.params["loc"], rtol=1e-5, atol=1e-6)
