@@ -1,6 +1,8 @@
 """Fitting: the compiled loop that drives an ELBO gradient estimator with an optax optimiser.
 
-- `driver`: `fit()`, its host side: arguments, the progress bar, resuming and pausing.
+- `driver`: `fit()`, its host side: the program cache, the progress bar, pausing.
+- `start`: the state a run starts from (new, warm-started or resumed) and the error when its first
+  step is not finite.
 - `loop`: the jitted program: steps that skip non-finite updates, blocks that check convergence.
 - `convergence`: the stopping rule (Stan ADVI's relative ELBO change).
 - `result`: `FitResult` and the `FitState` that continues a fit exactly.

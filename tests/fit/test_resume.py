@@ -11,25 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from numpyro.distributions import constraints
 
 import bbvi
+from tests.fit.test_program import FAMILY, CountingLogJoint
 
-FAMILY = {
-    "w": bbvi.MeanFieldGaussian((3,)),
-    "s": bbvi.Constrained(bbvi.MeanFieldGaussian(()), constraints.positive),
-    "b": bbvi.Bernoulli((2,)),
-}
-
-
-def log_joint(z):
-    bits = z["b"].astype(jnp.float32)
-    return (
-        -0.5 * jnp.sum((z["w"] - 1.0) ** 2)
-        - z["s"]
-        + jnp.log(z["s"])
-        + jnp.sum(bits * jnp.array([1.0, -1.0]))
-    )
+# The model and family of the program tests: a Gaussian, a positive and a Bernoulli leaf.
+log_joint = CountingLogJoint()
 
 
 def fit(**options):
